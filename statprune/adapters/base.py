@@ -1,0 +1,206 @@
+"""The adapter seam: the only code that knows a model family's module names.
+
+Algorithms (STAT, baselines, calibration, the FLOPs model) see a model through these hook points:
+per layer, the attention head-output point (input of the output projection, tokens × heads·head_dim)
+and the FFN neuron point (input of the down projection, tokens × d_ff), the linears that produce and
+consume them, and structural operations that make the model physically smaller. After pruning the
+model still runs through the stock transformers modules; per-layer shapes are recorded so that a
+checkpoint can be rebuilt (:mod:`statprune.models.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What one transformer layer currently holds; ``num_heads`` counts query heads."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _select_rows(linear: nn.Linear, idx: torch.Tensor) -> nn.Linear:
+    """A new Linear keeping output rows ``idx`` (and their bias)."""
+    idx = idx.to(linear.weight.device)
+    new = nn.Linear(linear.in_features, len(idx), bias=linear.bias is not None)
+    new.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(linear.weight.index_select(0, idx))
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias.index_select(0, idx))
+    return new
+
+
+def _with_weight(linear: nn.Linear, weight: torch.Tensor) -> nn.Linear:
+    """A new Linear with the given (out × in) weight, keeping the old bias (output side is unchanged)."""
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None)
+    new.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight.to(new.weight.dtype))
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias)
+    return new
+
+
+def head_dims(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Feature indices (in a heads·head_dim layout) of the given heads, in the given order."""
+    heads = torch.as_tensor(heads, dtype=torch.long)
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+class Adapter(ABC):
+    """Hook points and structural operations of one architecture family.
+
+    Subclasses set ``model_types`` (values of ``config.model_type``) and implement the module
+    accessors; everything structural is written once here in terms of those accessors.
+    """
+
+    model_types: tuple[str, ...] = ()
+    pre_norm: bool = True
+    gated_ffn: bool = False
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config
+
+    # --- accessors (family specific) -------------------------------------------------
+    @abstractmethod
+    def layers(self) -> nn.ModuleList: ...
+
+    @abstractmethod
+    def attention(self, i: int) -> nn.Module:
+        """The attention module holding the q/k/v/o linears."""
+
+    @abstractmethod
+    def qkv(self, i: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]: ...
+
+    @abstractmethod
+    def out_proj(self, i: int) -> nn.Linear:
+        """Consumer of the head outputs; its input is the head-output hook point."""
+
+    @abstractmethod
+    def ffn_in(self, i: int) -> list[nn.Linear]:
+        """Producers of the neurons (``[up]`` or ``[gate, up]``): rows are neurons."""
+
+    @abstractmethod
+    def down_proj(self, i: int) -> nn.Linear:
+        """Consumer of the neurons; its input is the neuron hook point."""
+
+    @abstractmethod
+    def _set_out_proj(self, i: int, linear: nn.Linear) -> None: ...
+
+    @abstractmethod
+    def _set_down_proj(self, i: int, linear: nn.Linear) -> None: ...
+
+    @abstractmethod
+    def _set_qkv(self, i: int, q: nn.Linear, k: nn.Linear, v: nn.Linear) -> None: ...
+
+    @abstractmethod
+    def _set_ffn_in(self, i: int, linears: list[nn.Linear]) -> None: ...
+
+    @abstractmethod
+    def _set_head_counts(self, i: int, num_heads: int, num_kv_heads: int) -> None:
+        """Update module attributes that cache head counts (e.g. GQA group size)."""
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def head_dim(self) -> int: ...
+
+    # --- generic ---------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers())
+
+    def layer_shape(self, i: int) -> LayerShape:
+        q, k, _ = self.qkv(i)
+        hd = self.head_dim
+        return LayerShape(
+            num_heads=q.out_features // hd,
+            num_kv_heads=k.out_features // hd,
+            head_dim=hd,
+            intermediate=self.down_proj(i).in_features,
+        )
+
+    def shapes(self) -> list[LayerShape]:
+        return [self.layer_shape(i) for i in range(self.num_layers)]
+
+    def keep_heads(self, i: int, heads: torch.Tensor) -> None:
+        """Keep query heads ``heads`` of layer ``i`` (sorted), with the KV heads they use.
+
+        GQA: the kept heads must form the same number per KV group, so the layer stays a stock
+        grouped-query layer; KV groups with no kept head are dropped.
+        """
+        shape = self.layer_shape(i)
+        heads = torch.as_tensor(heads, dtype=torch.long).sort().values
+        g = shape.group_size
+        groups, counts = torch.unique(heads // g, return_counts=True)
+        if len(counts) and not bool((counts == counts[0]).all()):
+            raise ValueError(f"layer {i}: kept heads must be uniform across KV groups, got counts {counts.tolist()}")
+        q, k, v = self.qkv(i)
+        hd = shape.head_dim
+        q_new = _select_rows(q, head_dims(heads, hd))
+        kv_idx = head_dims(groups, hd)
+        self._set_qkv(i, q_new, _select_rows(k, kv_idx), _select_rows(v, kv_idx))
+        o = self.out_proj(i)
+        self._set_out_proj(i, _with_weight(o, o.weight[:, head_dims(heads, hd).to(o.weight.device)]))
+        self._set_head_counts(i, len(heads), len(groups))
+
+    def keep_neurons(self, i: int, neurons: torch.Tensor) -> None:
+        """Keep FFN neurons ``neurons`` of layer ``i`` (producer rows and consumer columns)."""
+        neurons = torch.as_tensor(neurons, dtype=torch.long).sort().values
+        self._set_ffn_in(i, [_select_rows(lin, neurons) for lin in self.ffn_in(i)])
+        d = self.down_proj(i)
+        self._set_down_proj(i, _with_weight(d, d.weight[:, neurons.to(d.weight.device)]))
+
+    def replace_out_proj(self, i: int, weight: torch.Tensor) -> None:
+        """Set the output projection's weight (hidden × kept head dims); the bias is unchanged."""
+        self._set_out_proj(i, _with_weight(self.out_proj(i), weight))
+
+    def replace_down_proj(self, i: int, weight: torch.Tensor) -> None:
+        """Set the down projection's weight (hidden × kept neurons); the bias is unchanged."""
+        self._set_down_proj(i, _with_weight(self.down_proj(i), weight))
+
+    def set_shapes(self, shapes: list[LayerShape]) -> None:
+        """Resize a freshly built model to per-layer ``shapes`` (weights are loaded afterwards)."""
+        for i, s in enumerate(shapes):
+            cur = self.layer_shape(i)
+            if (s.num_heads, s.num_kv_heads) != (cur.num_heads, cur.num_kv_heads):
+                g_new = s.num_heads // s.num_kv_heads
+                heads = torch.cat([torch.arange(g_new) + grp * cur.group_size for grp in range(s.num_kv_heads)])
+                self.keep_heads(i, heads)
+            if s.intermediate != cur.intermediate:
+                self.keep_neurons(i, torch.arange(s.intermediate))
+
+    def prunable_linears(self, i: int) -> list[nn.Linear]:
+        return [*self.qkv(i), self.out_proj(i), *self.ffn_in(i), self.down_proj(i)]
+
+    def extra_linears(self, i: int, part: str) -> list[nn.Linear]:
+        """Linears a method added to a block (e.g. SliceGPT's residual shortcuts), for the FLOPs model."""
+        return list(getattr(self.layers()[i], "statprune_extra", {}).get(part, []))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out_proj(0).weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.out_proj(0).weight.device

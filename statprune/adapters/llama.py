@@ -1,0 +1,64 @@
+"""Llama-family decoders (Llama, Mistral, Qwen2, SmolLM2): pre-RMSNorm, SwiGLU, RoPE, GQA.
+
+RoPE is applied per head, so keeping whole heads (and their KV groups) is exact. The GQA group
+size is cached in ``num_key_value_groups`` and is updated when heads are removed.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from statprune.adapters.base import Adapter
+from statprune.adapters.registry import register_adapter
+
+
+@register_adapter
+class LlamaAdapter(Adapter):
+    model_types = ("llama", "mistral", "qwen2")
+    pre_norm = True
+    gated_ffn = True
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.base_model.layers
+
+    def attention(self, i: int) -> nn.Module:
+        return self.layers()[i].self_attn
+
+    def qkv(self, i: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        a = self.attention(i)
+        return a.q_proj, a.k_proj, a.v_proj
+
+    def out_proj(self, i: int) -> nn.Linear:
+        return self.attention(i).o_proj
+
+    def ffn_in(self, i: int) -> list[nn.Linear]:
+        mlp = self.layers()[i].mlp
+        return [mlp.gate_proj, mlp.up_proj]
+
+    def down_proj(self, i: int) -> nn.Linear:
+        return self.layers()[i].mlp.down_proj
+
+    def _set_out_proj(self, i: int, linear: nn.Linear) -> None:
+        self.attention(i).o_proj = linear
+
+    def _set_down_proj(self, i: int, linear: nn.Linear) -> None:
+        self.layers()[i].mlp.down_proj = linear
+
+    def _set_qkv(self, i: int, q: nn.Linear, k: nn.Linear, v: nn.Linear) -> None:
+        a = self.attention(i)
+        a.q_proj, a.k_proj, a.v_proj = q, k, v
+
+    def _set_ffn_in(self, i: int, linears: list[nn.Linear]) -> None:
+        mlp = self.layers()[i].mlp
+        mlp.gate_proj, mlp.up_proj = linears
+
+    def _set_head_counts(self, i: int, num_heads: int, num_kv_heads: int) -> None:
+        self.attention(i).num_key_value_groups = num_heads // num_kv_heads
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.attention(0).head_dim

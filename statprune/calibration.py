@@ -1,0 +1,207 @@
+"""Calibration data and the sequential layer walk.
+
+Layer-0 inputs are captured once (a pre-hook records the exact positional and keyword arguments the
+stock model passes to its first layer, then stops the forward), so the walk needs no knowledge of
+masks, position embeddings or RoPE. Each layer is then run on the stored hidden states; hook-point
+activations are streamed into accumulators (Gram matrices), with padding rows dropped, so memory
+does not grow with the number of calibration tokens beyond one layer's activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from statprune.adapters import Adapter
+from statprune.errors import StatpruneError
+
+
+@dataclass
+class Calibration:
+    """Padded calibration batches (CPU tensors) plus what was drawn, for reports."""
+
+    batches: list[dict[str, torch.Tensor]]
+    num_examples: int
+    indices: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(b["attention_mask"].sum() for b in self.batches))
+
+    @property
+    def has_labels(self) -> bool:
+        return all("labels" in b for b in self.batches)
+
+
+def draw_indices(population: int, n: int, seed: int) -> list[int]:
+    """``n`` distinct indices from a seeded permutation; nested: a smaller draw is a prefix of a larger one."""
+    if n <= 0:
+        raise StatpruneError(f"calibration size must be positive, got {n}")
+    if n > population:
+        raise StatpruneError(f"calibration size {n} is larger than the split ({population} examples)")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(population, generator=gen)[:n].tolist()
+
+
+def make_calibration(
+    examples: Sequence[dict[str, torch.Tensor]], n: int, seed: int, *, batch_size: int, pad_token_id: int
+) -> Calibration:
+    """Draw ``n`` encoded examples without replacement and pad them into batches."""
+    from statprune.data.collate import collate
+
+    idx = draw_indices(len(examples), n, seed)
+    chosen = [examples[i] for i in idx]
+    batches = [collate(chosen[s : s + batch_size], pad_token_id) for s in range(0, n, batch_size)]
+    return Calibration(batches=batches, num_examples=n, indices=idx)
+
+
+class _Captured(Exception):
+    pass
+
+
+def _first(out: object) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out  # type: ignore[index]
+
+
+def _to(x: object, device: torch.device) -> object:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, tuple):
+        return tuple(_to(v, device) for v in x)
+    if isinstance(x, list):
+        return [_to(v, device) for v in x]
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: batch[k].to(device) for k in keys if k in batch}
+
+
+class LayerWalk:
+    """Hidden states of the calibration set at the current layer, and a way to run one layer on them.
+
+    Hidden states stay on ``device`` in ``store_dtype`` (bf16 halves the memory of a 7B walk);
+    each layer runs in the model's dtype.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        calib: Calibration,
+        *,
+        device: torch.device | None = None,
+        store_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.calib = calib
+        self.device = torch.device(device) if device is not None else adapter.device
+        self.store_dtype = store_dtype
+        self.hidden: list[torch.Tensor] = []
+        self.args: list[tuple] = []
+        self.kwargs: list[dict] = []
+        self.masks: list[torch.Tensor] = []  # bool (B, S): real tokens
+        self.capture()
+
+    @torch.no_grad()
+    def capture(self) -> None:
+        """Record layer-0 inputs for every calibration batch."""
+        layer0 = self.adapter.layers()[0]
+        rec: dict[str, object] = {}
+
+        def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            rec["args"], rec["kwargs"] = args, kwargs
+            raise _Captured
+
+        self.hidden, self.args, self.kwargs, self.masks = [], [], [], []
+        handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            for batch in self.calib.batches:
+                try:
+                    self.adapter.model(**model_inputs(batch, self.device), use_cache=False)
+                except _Captured:
+                    pass
+                args, kwargs = rec["args"], dict(rec["kwargs"])  # type: ignore[arg-type]
+                hidden = args[0] if args else kwargs.pop("hidden_states")
+                self.hidden.append(self._store(hidden))
+                self.args.append(tuple(args[1:]))
+                self.kwargs.append(kwargs)
+                self.masks.append(batch["attention_mask"].to(self.device).bool())
+        finally:
+            handle.remove()
+
+    def _store(self, h: torch.Tensor) -> torch.Tensor:
+        return h.detach().to(self.store_dtype) if self.store_dtype is not None else h.detach()
+
+    @torch.no_grad()
+    def run(self, i: int, hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]] | None = None,
+            *, keep_outputs: bool = True) -> list[torch.Tensor]:
+        """Run layer ``i`` on every batch; ``hooks[module](x, mask)`` sees each module's input."""
+        layer = self.adapter.layers()[i]
+        dtype = self.adapter.dtype
+        handles = []
+        current: dict[str, torch.Tensor] = {}
+        for mod, fn in (hooks or {}).items():
+
+            def pre(_m: nn.Module, args: tuple, fn: Callable = fn) -> None:
+                fn(args[0], current["mask"])
+
+            handles.append(mod.register_forward_pre_hook(pre))
+        outs: list[torch.Tensor] = []
+        try:
+            for b, h in enumerate(self.hidden):
+                current["mask"] = self.masks[b]
+                out = _first(layer(h.to(dtype), *self.args[b], **self.kwargs[b]))
+                if not torch.isfinite(out[self.masks[b]]).all():
+                    raise StatpruneError(
+                        f"the model produces NaN/inf activations at layer {i} on calibration data; "
+                        "check the model dtype (try float32) and the checkpoint"
+                    )
+                if keep_outputs:
+                    outs.append(self._store(out))
+        finally:
+            for hd in handles:
+                hd.remove()
+        return outs
+
+    def advance(self, outputs: list[torch.Tensor]) -> None:
+        self.hidden = outputs
+
+    def energy(self) -> float:
+        """Squared Frobenius norm of the current hidden states over real tokens."""
+        return float(sum(h[m].double().pow(2).sum() for h, m in zip(self.hidden, self.masks)))
+
+
+class Gram:
+    """Streaming XᵀX over real (non-padding) tokens, accumulated in ``dtype`` (float64 by default)."""
+
+    def __init__(self, dim: int, device: torch.device, dtype: torch.dtype = torch.float64,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.G = torch.zeros(dim, dim, device=device, dtype=dtype)
+        self.count = 0
+        self.transform = transform
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+        rows = x[mask]
+        if self.transform is not None:
+            rows = self.transform(rows)
+        rows = rows.to(self.G.dtype)
+        self.G.addmm_(rows.T, rows)
+        self.count += rows.shape[0]
+
+
+@contextmanager
+def no_grad_eval(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was)

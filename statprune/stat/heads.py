@@ -1,0 +1,84 @@
+"""Attention heads: two-level selection and block least-squares correction into W_O.
+
+Level 1 ranks heads (or GQA groups) by pivoted QR with one column per unit: rows are (token,
+within-head dim) pairs, whose Gram is the block-trace of the head-output Gram. Level 2 fits every
+dimension of every removed head on all kept dimensions (block-ordered pivoted Cholesky, so
+numerically dependent kept dimensions are skipped) and folds the fit into W_O. Q/K and softmax are
+not corrected; only the value path into W_O is (METHODS.md §1.2).
+
+GQA (query heads share K/V): the layer must stay a stock grouped-query layer, so units are either
+whole KV groups (``gqa="group"``, default: it also shrinks K/V and the KV cache; for multi-head
+attention a group is one head, which is exactly the paper's head selection), or one query head from
+every group (``gqa="uniform"``, same count per group, K/V kept).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from statprune.adapters import Adapter, LayerShape, head_dims
+from statprune.stat.id import interpolation_matrix, pivoted_cholesky
+
+
+def _order(G: torch.Tensor, rel_tol: float) -> torch.Tensor:
+    """All indices of a small Gram in pivot order (dependent ones appended by index)."""
+    chol = pivoted_cholesky(G, rel_tol=rel_tol)
+    seen = torch.zeros(G.shape[0], dtype=torch.bool)
+    perm = chol.perm.cpu()
+    seen[perm] = True
+    return torch.cat([perm, torch.nonzero(~seen).flatten()])
+
+
+def head_units(G: torch.Tensor, shape: LayerShape, mode: str, *, rel_tol: float) -> list[torch.Tensor]:
+    """Units of query heads, most important first (each a tensor of head indices)."""
+    H, hd, g = shape.num_heads, shape.head_dim, shape.group_size
+    Gh = G.double().reshape(H, hd, H, hd).diagonal(dim1=1, dim2=3).sum(-1)  # (H, H) block traces
+    if mode == "group" or g == 1:
+        Gg = Gh.reshape(H // g, g, H // g, g).diagonal(dim1=1, dim2=3).sum(-1)
+        return [torch.arange(g) + grp * g for grp in _order(Gg, rel_tol).tolist()]
+    if mode != "uniform":
+        raise ValueError(f"unknown gqa mode {mode!r}")
+    order = _order(Gh, rel_tol)
+    per_group: list[list[int]] = [[] for _ in range(H // g)]
+    for h in order.tolist():
+        per_group[h // g].append(h)
+    return [torch.tensor([grp[u] for grp in per_group]) for u in range(g)]
+
+
+def _blocks(units: list[torch.Tensor], hd: int, device: torch.device) -> list[torch.Tensor]:
+    return [head_dims(u, hd).to(device) for u in units]
+
+
+def head_curve(G: torch.Tensor, W_O: torch.Tensor, units: list[torch.Tensor], hd: int, *, rel_tol: float) -> torch.Tensor:
+    """errors[k] = ‖(C − Ĉ_k) W_Oᵀ‖_F² when keeping the first k units with the block correction."""
+    G = G.double()
+    W = W_O.detach().double().to(G.device)
+    chol = pivoted_cholesky(G, blocks=_blocks(units, hd, G.device), rel_tol=rel_tol)
+    total = float((W @ G * W).sum())
+    gain = (W @ chol.L).pow(2).sum(0).cpu()
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), gain.cumsum(0)])
+    ends = torch.tensor([0, *chol.block_ends])
+    return (total - cum[ends]).clamp_min(0.0)
+
+
+@torch.no_grad()
+def prune_heads(
+    adapter: Adapter, i: int, G: torch.Tensor, k_units: int, *, mode: str, correction: bool, rel_tol: float
+) -> None:
+    """Keep the first ``k_units`` units of layer ``i``; fold the least-squares fit into W_O."""
+    shape = adapter.layer_shape(i)
+    units = head_units(G, shape, mode, rel_tol=rel_tol)
+    if k_units >= len(units):
+        return
+    hd = shape.head_dim
+    kept_heads = torch.cat(units[:k_units]).sort().values
+    kept_dims = head_dims(kept_heads, hd).to(G.device)
+    W = adapter.out_proj(i).weight.detach().double().to(G.device)
+    if correction:
+        chol = pivoted_cholesky(G.double(), blocks=_blocks(units[:k_units], hd, G.device), rel_tol=rel_tol)
+        T = interpolation_matrix(chol, chol.rank, kept_dims, G.shape[0])
+        W_new = W @ T.T
+    else:
+        W_new = W[:, kept_dims]
+    adapter.keep_heads(i, kept_heads)
+    adapter.replace_out_proj(i, W_new)

@@ -1,0 +1,78 @@
+"""FFN neurons: ID of the post-activation intermediate Z, folded into the down projection.
+
+Columns are scaled by ‖W2[:, j]‖ before pivoting, so a neuron's importance reflects its contribution
+to the FFN output (METHODS.md §1.1); the interpolation is un-scaled before it is folded into W2.
+SwiGLU gate and up rows are pruned together because the adapter's ``keep_neurons`` does so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from statprune.adapters import Adapter
+from statprune.stat.id import PivotedCholesky, interpolation_matrix, pivoted_cholesky
+
+
+def _scaled(G: torch.Tensor, W2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    D = W2.double().norm(dim=0)
+    return G * D[:, None] * D[None, :], D
+
+
+def _unit_columns(W2: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    inv = torch.where(D > 0, 1.0 / D.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(D))
+    return W2.double() * inv[None, :]
+
+
+def neuron_curve(G: torch.Tensor, W2: torch.Tensor, *, rel_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(errors, pivot_values): errors[k] = ‖(Z − Ẑ_k) W2ᵀ‖_F² when keeping the first k pivots.
+
+    The error is exact for the pivot order chosen (trace of W2 S_k W2ᵀ with S_k the Schur complement),
+    so attention and FFN errors are in the same units for allocation.
+    """
+    G = G.double()
+    Gs, D = _scaled(G, W2)
+    chol = pivoted_cholesky(Gs, rel_tol=rel_tol)
+    W2d = W2.double().to(G.device)
+    total = float((W2d @ G * W2d).sum())
+    gain = (_unit_columns(W2d, D.to(G.device)) @ chol.L).pow(2).sum(0)
+    n = G.shape[0]
+    errors = torch.full((n + 1,), 0.0, dtype=torch.float64)
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64, device=gain.device), gain.cumsum(0)]).cpu()
+    errors[: chol.rank + 1] = (total - cum).clamp_min(0.0)
+    errors[chol.rank + 1 :] = errors[chol.rank]
+    pivots = torch.zeros(n, dtype=torch.float64)
+    pivots[: chol.rank] = chol.pivot_values.cpu()
+    return errors, pivots
+
+
+def _kept_set(chol: PivotedCholesky, k: int, G: torch.Tensor) -> torch.Tensor:
+    """First k pivots; if the numerical rank is below k, fill with the largest remaining diagonals."""
+    kept = chol.perm[:k]
+    if len(kept) < k:
+        rest = torch.ones(G.shape[0], dtype=torch.bool, device=G.device)
+        rest[kept] = False
+        idx = torch.nonzero(rest).flatten()
+        extra = idx[torch.argsort(torch.diagonal(G)[idx], descending=True, stable=True)][: k - len(kept)]
+        kept = torch.cat([kept, extra])
+    return kept
+
+
+@torch.no_grad()
+def prune_neurons(adapter: Adapter, i: int, G: torch.Tensor, k: int, *, correction: bool, rel_tol: float) -> None:
+    """Keep ``k`` neurons of layer ``i`` chosen by the scaled ID; fold the interpolation into W2."""
+    down = adapter.down_proj(i)
+    n = down.in_features
+    if k >= n:
+        return
+    W2 = down.weight.detach().double().to(G.device)
+    G = G.double()
+    Gs, D = _scaled(G, W2)
+    chol = pivoted_cholesky(Gs, max_steps=k, rel_tol=rel_tol)
+    kept = _kept_set(chol, k, Gs).sort().values
+    if correction:
+        T = interpolation_matrix(chol, chol.rank, kept, n)  # scaled space: Z D ≈ (Z D)[:, kept] T
+        W_new = (_unit_columns(W2, D) @ T.T) * D[kept][None, :]
+    else:
+        W_new = W2[:, kept]
+    adapter.keep_neurons(i, kept.cpu())
+    adapter.replace_down_proj(i, W_new)
