@@ -1,0 +1,1 @@
+"""CLI command groups (thin: parse, call library functions, print)."""
