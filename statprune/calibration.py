@@ -10,7 +10,7 @@ does not grow with the number of calibration tokens beyond one layer's activatio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import torch
@@ -123,10 +123,8 @@ class LayerWalk:
         handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
         try:
             for batch in self.calib.batches:
-                try:
+                with suppress(_Captured):
                     self.adapter.model(**model_inputs(batch, self.device), use_cache=False)
-                except _Captured:
-                    pass
                 args, kwargs = rec["args"], dict(rec["kwargs"])  # type: ignore[arg-type]
                 hidden = args[0] if args else kwargs.pop("hidden_states")
                 self.hidden.append(self._store(hidden))
@@ -140,8 +138,13 @@ class LayerWalk:
         return h.detach().to(self.store_dtype) if self.store_dtype is not None else h.detach()
 
     @torch.no_grad()
-    def run(self, i: int, hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]] | None = None,
-            *, keep_outputs: bool = True) -> list[torch.Tensor]:
+    def run(
+        self,
+        i: int,
+        hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]] | None = None,
+        *,
+        keep_outputs: bool = True,
+    ) -> list[torch.Tensor]:
         """Run layer ``i`` on every batch; ``hooks[module](x, mask)`` sees each module's input."""
         layer = self.adapter.layers()[i]
         dtype = self.adapter.dtype
@@ -181,8 +184,13 @@ class LayerWalk:
 class Gram:
     """Streaming XᵀX over real (non-padding) tokens, accumulated in ``dtype`` (float64 by default)."""
 
-    def __init__(self, dim: int, device: torch.device, dtype: torch.dtype = torch.float64,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float64,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.G = torch.zeros(dim, dim, device=device, dtype=dtype)
         self.count = 0
         self.transform = transform

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "statprune.commands.prune",
     "statprune.commands.evaluate",
     "statprune.commands.finetune",
+    "statprune.commands.quickstart",
     "statprune.sweep.cli",
     "statprune.analysis.cli",
     "statprune.bench.cli",

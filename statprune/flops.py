@@ -82,7 +82,11 @@ class CostReport:
     params_total: int
 
     def to_dict(self) -> dict[str, float]:
-        return {"flops": self.flops, "params_prunable": self.params_prunable, "params_total": self.params_total}
+        return {
+            "flops": self.flops,
+            "params_prunable": self.params_prunable,
+            "params_total": self.params_total,
+        }
 
 
 def cost_report(adapter: Adapter, seq_len: float) -> CostReport:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,10 +106,10 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
         if value not in args:
             raise StatpruneError(f"option {name}={value!r}: expected one of {', '.join(map(str, args))}")
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
+    if origin in (typing.Union, types.UnionType):
+        is_none = value is None or (isinstance(value, str) and value.lower() == "none")
+        if is_none and type(None) in args:
+            return None
         errors = []
         for a in args:
             if a is type(None):
@@ -171,7 +172,7 @@ def prune(
     adapter: Adapter | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place with the registered ``method``; returns costs, shapes and timings."""
-    import statprune.baselines  # noqa: F401  (registers baselines)
+    import statprune.baselines
     import statprune.stat  # noqa: F401  (registers stat)
 
     fn, cls = METHODS.get(method)

@@ -154,7 +154,9 @@ class Adapter(ABC):
         g = shape.group_size
         groups, counts = torch.unique(heads // g, return_counts=True)
         if len(counts) and not bool((counts == counts[0]).all()):
-            raise ValueError(f"layer {i}: kept heads must be uniform across KV groups, got counts {counts.tolist()}")
+            raise ValueError(
+                f"layer {i}: kept heads must be uniform across KV groups, got counts {counts.tolist()}"
+            )
         q, k, v = self.qkv(i)
         hd = shape.head_dim
         q_new = _select_rows(q, head_dims(heads, hd))
@@ -185,7 +187,9 @@ class Adapter(ABC):
             cur = self.layer_shape(i)
             if (s.num_heads, s.num_kv_heads) != (cur.num_heads, cur.num_kv_heads):
                 g_new = s.num_heads // s.num_kv_heads
-                heads = torch.cat([torch.arange(g_new) + grp * cur.group_size for grp in range(s.num_kv_heads)])
+                heads = torch.cat(
+                    [torch.arange(g_new) + grp * cur.group_size for grp in range(s.num_kv_heads)]
+                )
                 self.keep_heads(i, heads)
             if s.intermediate != cur.intermediate:
                 self.keep_neurons(i, torch.arange(s.intermediate))

@@ -16,6 +16,7 @@ Both stop as soon as the removed FLOPs reach the target, so the target is met wi
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,7 @@ def _convex_increments(errors: torch.Tensor, min_units: int) -> torch.Tensor:
                 break
         hull.append(r)
     inc = torch.zeros(len(ys) - 1, dtype=torch.float64)
-    for a, b in zip(hull[:-1], hull[1:]):
+    for a, b in itertools.pairwise(hull):
         inc[a:b] = (ys[b] - ys[a]) / (b - a)
     return inc
 
@@ -82,7 +83,9 @@ def _depth_weight(layer: int, num_layers: int) -> float:
     return (num_layers - layer) ** 0.5 + 1.0  # l = layer + 1: √(L − l + 1) + 1
 
 
-def _threshold_fill(scores: list[torch.Tensor], unit_flops: list[float], mins: list[int], budget: float) -> list[int]:
+def _threshold_fill(
+    scores: list[torch.Tensor], unit_flops: list[float], mins: list[int], budget: float
+) -> list[int]:
     """Per block, remove units in ascending score order, globally, until ``budget`` FLOPs are removed.
 
     ``scores[b][r]`` is the score of the r-th unit removed from block b (nondecreasing in r).
@@ -122,11 +125,19 @@ def paper_allocation(
         return torch.cummax(c.pivots.flip(0) * w, 0).values  # smallest |R_jj| removed first
 
     head_budget = head_share * flops_to_remove
-    h_removed = _threshold_fill([head_scores(c) for c in heads], [c.unit_flops for c in heads],
-                                [c.min_units for c in heads], head_budget)
+    h_removed = _threshold_fill(
+        [head_scores(c) for c in heads],
+        [c.unit_flops for c in heads],
+        [c.min_units for c in heads],
+        head_budget,
+    )
     saved = sum(r * c.unit_flops for r, c in zip(h_removed, heads))
-    n_removed = _threshold_fill([neuron_scores(c) for c in neurons], [c.unit_flops for c in neurons],
-                                [c.min_units for c in neurons], flops_to_remove - saved)
+    n_removed = _threshold_fill(
+        [neuron_scores(c) for c in neurons],
+        [c.unit_flops for c in neurons],
+        [c.min_units for c in neurons],
+        flops_to_remove - saved,
+    )
     kept = {}
     for r, c in zip(h_removed, heads):
         kept[(c.layer, c.kind)] = c.n_units - r

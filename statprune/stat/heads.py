@@ -49,7 +49,9 @@ def _blocks(units: list[torch.Tensor], hd: int, device: torch.device) -> list[to
     return [head_dims(u, hd).to(device) for u in units]
 
 
-def head_curve(G: torch.Tensor, W_O: torch.Tensor, units: list[torch.Tensor], hd: int, *, rel_tol: float) -> torch.Tensor:
+def head_curve(
+    G: torch.Tensor, W_O: torch.Tensor, units: list[torch.Tensor], hd: int, *, rel_tol: float
+) -> torch.Tensor:
     """errors[k] = ‖(C − Ĉ_k) W_Oᵀ‖_F² when keeping the first k units with the block correction."""
     G = G.double()
     W = W_O.detach().double().to(G.device)

@@ -58,7 +58,9 @@ def _kept_set(chol: PivotedCholesky, k: int, G: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prune_neurons(adapter: Adapter, i: int, G: torch.Tensor, k: int, *, correction: bool, rel_tol: float) -> None:
+def prune_neurons(
+    adapter: Adapter, i: int, G: torch.Tensor, k: int, *, correction: bool, rel_tol: float
+) -> None:
     """Keep ``k`` neurons of layer ``i`` chosen by the scaled ID; fold the interpolation into W2."""
     down = adapter.down_proj(i)
     n = down.in_features

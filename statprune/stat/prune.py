@@ -84,8 +84,9 @@ def _hooks(grams: dict) -> dict:
     return {mod: acc for mod, acc in grams.values()}
 
 
-def measure_curves(adapter: Adapter, walk: LayerWalk, target: Target, opts: StatOptions, timer: _Timer,
-                   progress: bool) -> list[BlockCurve]:
+def measure_curves(
+    adapter: Adapter, walk: LayerWalk, target: Target, opts: StatOptions, timer: _Timer, progress: bool
+) -> list[BlockCurve]:
     curves: list[BlockCurve] = []
     for i in tqdm(range(adapter.num_layers), desc="stat: measure", disable=not progress):
         scale = walk.energy() if opts.error_norm == "residual" else 1.0
@@ -98,10 +99,14 @@ def measure_curves(adapter: Adapter, walk: LayerWalk, target: Target, opts: Stat
             G_att = grams["heads"][1].G
             units = head_units(G_att, shape, opts.gqa, rel_tol=opts.rel_tol)
             h_err = head_curve(G_att, adapter.out_proj(i).weight, units, shape.head_dim, rel_tol=opts.rel_tol)
-            n_err, piv = neuron_curve(grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol)
+            n_err, piv = neuron_curve(
+                grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol
+            )
         unit_size = len(units[0])
         head_unit_flops = (
-            costs.group(shape.group_size) if opts.gqa == "group" or shape.group_size == 1 else unit_size * costs.q_head
+            costs.group(shape.group_size)
+            if opts.gqa == "group" or shape.group_size == 1
+            else unit_size * costs.q_head
         )
         curves.append(BlockCurve(i, "heads", h_err / scale, head_unit_flops))
         curves.append(BlockCurve(i, "neurons", n_err / scale, costs.neuron, pivots=piv / scale**0.5))
@@ -121,23 +126,32 @@ def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: S
     return paper_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
 
 
-def apply_pruning(adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptions, timer: _Timer,
-                  progress: bool) -> None:
+def apply_pruning(
+    adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptions, timer: _Timer, progress: bool
+) -> None:
     for i in tqdm(range(adapter.num_layers), desc="stat: prune", disable=not progress):
         k_heads, k_neurons = kept[(i, "heads")], kept[(i, "neurons")]
         grams = _grams(adapter, i, walk.device, True, not opts.repropagate)
         with timer("calibration_forward"):
             outs = walk.run(i, _hooks(grams), keep_outputs=not opts.repropagate)
         with timer("weight_update"):
-            prune_heads(adapter, i, grams["heads"][1].G, k_heads, mode=opts.gqa, correction=opts.correction,
-                        rel_tol=opts.rel_tol)
+            prune_heads(
+                adapter,
+                i,
+                grams["heads"][1].G,
+                k_heads,
+                mode=opts.gqa,
+                correction=opts.correction,
+                rel_tol=opts.rel_tol,
+            )
         if opts.repropagate:
             grams = _grams(adapter, i, walk.device, False, True)
             with timer("calibration_forward"):
                 walk.run(i, _hooks(grams), keep_outputs=False)
         with timer("weight_update"):
-            prune_neurons(adapter, i, grams["neurons"][1].G, k_neurons, correction=opts.correction,
-                          rel_tol=opts.rel_tol)
+            prune_neurons(
+                adapter, i, grams["neurons"][1].G, k_neurons, correction=opts.correction, rel_tol=opts.rel_tol
+            )
         if opts.repropagate:
             with timer("calibration_forward"):
                 outs = walk.run(i)
@@ -146,8 +160,9 @@ def apply_pruning(adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptio
 
 @register_method("stat", StatOptions)
 @torch.no_grad()
-def stat_prune(model, adapter: Adapter, calib: Calibration, target: Target, *, seed: int,
-               options: StatOptions) -> MethodOutput:
+def stat_prune(
+    model, adapter: Adapter, calib: Calibration, target: Target, *, seed: int, options: StatOptions
+) -> MethodOutput:
     """Prune ``model`` in place with STAT (deterministic given the calibration draw)."""
     device = torch.device(options.device) if options.device else adapter.device
     if device != adapter.device:
@@ -166,8 +181,6 @@ def stat_prune(model, adapter: Adapter, calib: Calibration, target: Target, *, s
         timings=timer.totals,
         diagnostics={
             "kept_units": {f"{layer}.{kind}": n for (layer, kind), n in sorted(kept.items())},
-            "predicted_error": float(
-                sum(float(c.errors[kept[(c.layer, c.kind)]]) for c in curves)
-            ),
+            "predicted_error": float(sum(float(c.errors[kept[(c.layer, c.kind)]]) for c in curves)),
         },
     )

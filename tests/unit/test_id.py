@@ -1,0 +1,52 @@
+"""Interpolative decomposition: same pivots as LAPACK's pivoted QR, exact on low rank, rank-safe."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from statprune.stat.id import interpolation_matrix, pivoted_cholesky
+
+
+def test_pivots_and_r_match_column_pivoted_qr():
+    A = torch.randn(300, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    _, R, P = scipy.linalg.qr(A.numpy(), pivoting=True, mode="economic")
+    chol = pivoted_cholesky(A.T @ A, block_size=7)  # small blocks exercise the lazy trailing update
+    assert np.array_equal(chol.perm.numpy(), P)
+    assert np.allclose(chol.pivot_values.numpy(), np.abs(np.diag(R)), rtol=1e-8)
+
+
+def test_residual_is_the_least_squares_error_and_low_rank_is_exact():
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(400, 12, dtype=torch.float64, generator=g) @ torch.randn(
+        12, 50, dtype=torch.float64, generator=g
+    )
+    chol = pivoted_cholesky(A.T @ A)
+    assert chol.rank == 12  # stops at the numerical rank
+    for k in (3, 8, 12):
+        kept = chol.perm[:k]
+        T = interpolation_matrix(chol, k, kept, 50)
+        resid = float((A - A[:, kept] @ T).pow(2).sum())
+        assert resid == pytest.approx(float(chol.residual[k]), rel=1e-6, abs=1e-8 * float(chol.residual[0]))
+    T = interpolation_matrix(chol, 12, chol.perm[:12], 50)
+    assert float((A - A[:, chol.perm[:12]] @ T).norm() / A.norm()) < 1e-10
+
+
+def test_rank_deficient_duplicates_and_dead_columns_stay_finite():
+    g = torch.Generator().manual_seed(2)
+    B = torch.randn(200, 6, dtype=torch.float64, generator=g)
+    A = torch.cat([B, B[:, :3], torch.zeros(200, 2, dtype=torch.float64)], dim=1)  # 6 independent of 11
+    chol = pivoted_cholesky(A.T @ A)
+    assert chol.rank == 6
+    kept = torch.cat([chol.perm, torch.tensor([9])])  # keep a dead column beyond the rank
+    T = interpolation_matrix(chol, chol.rank, kept, 11)
+    assert torch.isfinite(T).all()
+    assert float((A - A[:, kept] @ T).norm() / A.norm()) < 1e-10
+
+
+def test_block_order_is_respected():
+    A = torch.randn(100, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    blocks = [torch.tensor([6, 7]), torch.tensor([0, 1, 2])]
+    chol = pivoted_cholesky(A.T @ A, blocks=blocks)
+    assert set(chol.perm[:2].tolist()) == {6, 7} and set(chol.perm[2:5].tolist()) == {0, 1, 2}
+    assert chol.block_ends == [2, 5]
