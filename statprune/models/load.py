@@ -1,0 +1,223 @@
+"""Load a model and its tokenizer from an alias, a local directory, a hub id or a random shape.
+
+``spec`` forms, tried in this order:
+
+* ``random:<shape>`` — random weights (seed 0) of a shape from :mod:`statprune.models.shapes`, with an
+  in-memory toy tokenizer; built directly on ``device`` (``meta`` costs nothing).
+* an asset alias (``minilm-l6``, ``smollm2-135m``) — the fetched folder (fetched on first use).
+* an existing directory — a transformers checkpoint, or a pruned one (``config.json`` has
+  ``statprune_shapes``), which :func:`statprune.models.checkpoint.load_pruned` rebuilds.
+* ``org/name`` — a hub id through ``from_pretrained``. When the hub is offline or unreachable the
+  local hub cache is tried and otherwise a :class:`StatpruneError` is raised at once (transformers
+  alone would retry for ~20 s).
+
+The architecture follows the task: none or ``lm`` → the bare encoder (``AutoModel``) or the causal
+LM; classification/regression → a sequence-classification head with ``task.num_labels``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from statprune.errors import StatpruneError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from statprune.data.tasks import Task
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PRUNED_KEY = "statprune_shapes"
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def load_model(
+    spec: str, *, task: Task | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[PreTrainedModel, Any]:
+    """Model (in eval mode, on ``device``) and tokenizer for ``spec``; see the module doc for the forms."""
+    from statprune.assets import asset_path, model_aliases
+
+    if spec.startswith("random:"):
+        return build_random(spec.removeprefix("random:"), task=task, dtype=dtype, device=device)
+    if spec in model_aliases():
+        return _load_local(asset_path(spec), task, dtype, device)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if PRUNED_KEY in _read_config(path):
+            from statprune.models.checkpoint import load_pruned
+
+            return load_pruned(path, dtype=dtype, device=device)
+        return _load_local(path, task, dtype, device)
+    if path.exists():
+        raise StatpruneError(f"{spec!r} is a file; pass the model's directory (the one with config.json)")
+    if HUB_ID.match(spec):
+        return _load_hub(spec, task, dtype, device)
+    close = difflib.get_close_matches(spec, model_aliases(), n=1)
+    raise StatpruneError(
+        f"unknown model {spec!r}: not a model alias ({', '.join(model_aliases())}), an existing directory, "
+        "a hub id 'org/name' or 'random:<shape>'" + (f" (did you mean {close[0]!r}?)" if close else "")
+    )
+
+
+def build_random(
+    shape: str, *, task: Task | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[PreTrainedModel, Any]:
+    """Randomly initialised model of a named shape (seed 0, caller's RNG untouched) and a toy tokenizer."""
+    from statprune.models.shapes import shape_config, toy_tokenizer
+
+    config = shape_config(shape)
+    cls = model_class(config, task)
+    _configure_head(config, task)
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(0)
+        with dev:
+            model = cls.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = toy_tokenizer(config)
+    _fix_pad(model, tokenizer, task)
+    return model.eval(), tokenizer
+
+
+def is_decoder(config: PretrainedConfig) -> bool:
+    """Causal LM families (Llama, GPT-2, …) as opposed to bidirectional encoders (BERT, DistilBERT)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    mt = config.model_type
+    return mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def model_class(config: PretrainedConfig, task: Task | None) -> Any:
+    """The transformers auto class that fits the task (none/lm: base encoder or causal LM)."""
+    import transformers as tf
+
+    kind = task.kind if task is not None else "lm"
+    if kind == "lm":
+        return tf.AutoModelForCausalLM if is_decoder(config) else tf.AutoModel
+    if kind in ("classification", "regression"):
+        return tf.AutoModelForSequenceClassification
+    if kind == "qa":
+        return tf.AutoModelForQuestionAnswering
+    raise StatpruneError(f"no model head for task kind {kind!r}")
+
+
+def _configure_head(config: PretrainedConfig, task: Task | None) -> None:
+    """Write the head options a classification/regression task needs into the config."""
+    if task is None or task.kind not in ("classification", "regression"):
+        return
+    config.num_labels = task.num_labels
+    config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
+
+
+def _fix_pad(model: PreTrainedModel, tokenizer: Any, task: Task | None) -> None:
+    """Decoders often lack a pad token: use eos (tokenizer side; masks make the value irrelevant).
+
+    A sequence-classification head on a decoder finds each row's last token through the pad id, so
+    only there is the pad id also written into the model config.
+    """
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    needs_pad = (
+        task is not None and task.kind in ("classification", "regression") and is_decoder(model.config)
+    )
+    if needs_pad and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise StatpruneError(f"{path} has no config.json; is it a saved transformers model directory?")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise StatpruneError(f"{cfg} is not valid JSON: {e}") from None
+
+
+def _load_pretrained(
+    source: str, task: Task | None, dtype: torch.dtype, device: str, **hub: Any
+) -> tuple[PreTrainedModel, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source, **hub)
+    _configure_head(config, task)
+    cls = model_class(config, task)
+    try:
+        model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation="sdpa", **hub)
+    except ValueError as e:  # an architecture without SDPA support
+        if "sdpa" not in str(e).lower():
+            raise
+        model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation="eager", **hub)
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+    _fix_pad(model, tokenizer, task)
+    return model.to(device).eval(), tokenizer
+
+
+def _load_local(
+    path: Path, task: Task | None, dtype: torch.dtype, device: str
+) -> tuple[PreTrainedModel, Any]:
+    _read_config(path)
+    try:
+        return _load_pretrained(str(path), task, dtype, device, local_files_only=True)
+    except OSError as e:
+        raise StatpruneError(f"cannot load the model in {path}: {e}") from None
+
+
+def _load_hub(hub_id: str, task: Task | None, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, Any]:
+    offline = hub_offline()
+    if not offline and not hub_reachable():
+        offline = True
+    try:
+        return _load_pretrained(hub_id, task, dtype, device, local_files_only=offline)
+    except OSError as e:
+        if offline:
+            raise StatpruneError(
+                f"cannot load {hub_id!r}: the Hugging Face Hub is unreachable (offline mode or no network) "
+                "and the model is not in the local hub cache. Download it where the hub is reachable "
+                "(e.g. `huggingface-cli download` or `save_pretrained`), then pass that local directory "
+                f"instead, or use a packaged alias or 'random:<shape>'. ({e.__class__.__name__})"
+            ) from None
+        raise StatpruneError(f"cannot load {hub_id!r} from the Hugging Face Hub: {e}") from None
+
+
+def hub_offline() -> bool:
+    """Offline by configuration (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``)."""
+    if os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return True
+    import huggingface_hub
+
+    return huggingface_hub.is_offline_mode()
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One HEAD request to the hub endpoint, bounded in time even when DNS hangs (proxies honoured).
+
+    Only a successful answer counts: sandboxes and corporate proxies answer blocked hosts with 4xx.
+    """
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout)
+            result.append(True)
+        except (OSError, ValueError):  # URLError, HTTPError, timeouts
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
