@@ -1,0 +1,333 @@
+"""The paper-figure manifest → every figure and table, rebuilt from the sweep records.
+
+``paper_figures/manifest.toml`` names each output once: its kind, the sweep spec(s) whose study it
+reads, and a filter of the runs. :func:`build_figures` checks each study before drawing: an output
+whose selected runs are not all ``done`` is *not* drawn (a half-finished figure looks like a
+result) unless ``allow_missing``, and the problem names the exact ``statprune sweep`` command that
+completes it. Outputs go to ``paper_figures/out/`` (gitignored), or to ``paper_figures/ci/``
+(committed) for items marked ``ci = true`` — the small study that CI runs for real.
+
+Manifest format (paths relative to ``root``, which is relative to the manifest's folder)::
+
+    [defaults]
+    root = ".."                      # the project root
+    out_dir = "paper_figures/out"
+    ci_dir = "paper_figures/ci"
+    results_root = "results"          # optional; else each spec's results_dir, else results/
+
+    [figure.accuracy_vs_flops_minilm]
+    kind = "metric_vs_flops"          # metric_vs_flops | metric_vs_calib | prune_time_vs_params | layer_heatmap
+    spec = "experiments/minilm_movie.toml"     # or specs = [..] to pool studies
+    where = { model = "minilm-l6", task = "movie-sentiment", calib_size = 128 }
+    metric = "accuracy"               # optional (default: the task's primary metric)
+    caption = "..."                   # optional, for the README/index
+
+    [table.minilm_movie]
+    kind = "comparison"               # comparison | prune_time | calib
+    ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from statprune.analysis.records import StudyRef, apply_filter, load_studies, resolve_study, status_counts
+from statprune.errors import StatpruneError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MANIFEST = Path("paper_figures/manifest.toml")
+FIGURE_FORMATS = ("png", "pdf")
+TABLE_FORMATS = ("md", "tex")
+
+
+def _figure_kinds() -> dict[str, Callable[..., Any]]:
+    from statprune.analysis import plots
+
+    return {
+        "metric_vs_flops": lambda f, it: plots.plot_metric_vs_flops(f, metric=it.metric),
+        "metric_vs_calib": lambda f, it: plots.plot_metric_vs_calib(f, metric=it.metric),
+        "prune_time_vs_params": lambda f, it: plots.plot_prune_time_vs_params(f),
+        "layer_heatmap": lambda f, it: plots.plot_layer_heatmap(f, method=it.method or "stat"),
+    }
+
+
+def _table_kinds() -> dict[str, Callable[..., Any]]:
+    from statprune.analysis import tables
+
+    return {
+        "comparison": lambda f, it: tables.comparison_table(f, metric=it.metric),
+        "prune_time": lambda f, it: tables.prune_time_table(f),
+        "calib": lambda f, it: tables.calib_table(f, metric=it.metric),
+    }
+
+
+FIGURE_KINDS = ("metric_vs_flops", "metric_vs_calib", "prune_time_vs_params", "layer_heatmap")
+TABLE_KINDS = ("comparison", "prune_time", "calib")
+ITEM_KEYS = {"kind", "spec", "specs", "where", "metric", "method", "ci", "caption", "formats"}
+DEFAULT_KEYS = {"root", "out_dir", "ci_dir", "results_root"}
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One output: a figure or a table, drawn from the filtered runs of one or more studies."""
+
+    id: str
+    output: str  # "figure" | "table"
+    kind: str
+    specs: tuple[Path, ...]
+    where: Mapping[str, Any] = field(default_factory=dict)
+    metric: str | None = None
+    method: str | None = None  # layer_heatmap: whose pruning pattern (default stat)
+    ci: bool = False
+    caption: str = ""
+    formats: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    root: Path
+    out_dir: Path
+    ci_dir: Path
+    results_root: Path | None
+    items: tuple[ManifestItem, ...]
+
+    def ids(self) -> list[str]:
+        return [it.id for it in self.items]
+
+    def select(self, only: Sequence[str] | None) -> list[ManifestItem]:
+        if not only:
+            return list(self.items)
+        known = self.ids()
+        for name in only:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise StatpruneError(
+                    f"no figure/table {name!r} in {self.path}{hint}; ids: {', '.join(known)}"
+                )
+        return [it for it in self.items if it.id in only]
+
+
+def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StatpruneError(f"{where}: unknown key {key!r}{hint}; valid: {', '.join(sorted(allowed))}")
+
+
+def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> Manifest:
+    """Read and check the manifest; errors name the item and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise StatpruneError(f"figure manifest {path} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise StatpruneError(f"{path}: not valid TOML: {e}") from None
+    _check_keys(str(path), raw, {"defaults", "figure", "table"})
+    defaults = raw.get("defaults", {})
+    _check_keys(f"{path} [defaults]", defaults, DEFAULT_KEYS)
+    root = (path.parent / defaults.get("root", "..")).resolve()
+    results_root = defaults.get("results_root")
+    items: list[ManifestItem] = []
+    for output, kinds in (("figure", FIGURE_KINDS), ("table", TABLE_KINDS)):
+        for item_id, t in raw.get(output, {}).items():
+            where = f"{path} [{output}.{item_id}]"
+            if not isinstance(t, Mapping):
+                raise StatpruneError(f"{where}: expected a table")
+            _check_keys(where, t, ITEM_KEYS)
+            kind = t.get("kind")
+            if kind not in kinds:
+                raise StatpruneError(f"{where}: kind must be one of {', '.join(kinds)}, got {kind!r}")
+            specs = t.get("specs", [t["spec"]] if "spec" in t else [])
+            if not specs or not all(isinstance(s, str) for s in specs):
+                raise StatpruneError(f'{where}: needs spec = "experiments/<study>.toml" (or specs = [...])')
+            filt = t.get("where", {})
+            if not isinstance(filt, Mapping):
+                raise StatpruneError(f"{where}: where must be a table of column = value(s)")
+            formats = tuple(t.get("formats", FIGURE_FORMATS if output == "figure" else TABLE_FORMATS))
+            items.append(
+                ManifestItem(
+                    id=item_id,
+                    output=output,
+                    kind=kind,
+                    specs=tuple(root / s for s in specs),
+                    where=dict(filt),
+                    metric=t.get("metric"),
+                    method=t.get("method"),
+                    ci=bool(t.get("ci", False)),
+                    caption=str(t.get("caption", "")),
+                    formats=formats,
+                )
+            )
+    ids = [it.id for it in items]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise StatpruneError(f"{path}: ids used by both a figure and a table: {', '.join(dup)}")
+    return Manifest(
+        path=path,
+        root=root,
+        out_dir=root / defaults.get("out_dir", "paper_figures/out"),
+        ci_dir=root / defaults.get("ci_dir", "paper_figures/ci"),
+        results_root=(root / results_root) if results_root else None,
+        items=tuple(items),
+    )
+
+
+# --------------------------------------------------------------------------- completeness
+
+
+def sweep_command(spec: Path, *, retry_failed: bool = False, results_root: Path | None = None) -> str:
+    """The command that (re)runs what a study lacks; finished runs are skipped by the sweep."""
+    cmd = f"statprune sweep {_rel(spec)}"
+    if results_root is not None:
+        cmd += f" --results {_rel(results_root)}"
+    return cmd + (" --retry-failed" if retry_failed else "")
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+@dataclass(frozen=True)
+class StudyCheck:
+    """Which selected runs of one study are not done, and the command that completes them."""
+
+    study: str
+    spec: Path
+    counts: dict[str, int]
+    command: str
+
+    @property
+    def complete(self) -> bool:
+        return set(self.counts) <= {"done"} and self.counts.get("done", 0) > 0
+
+    def describe(self) -> str:
+        total = sum(self.counts.values())
+        if total == 0:
+            return f"study {self.study!r} has no runs matching the selection → {self.command}"
+        parts = ", ".join(f"{n} {s}" for s, n in self.counts.items())
+        return f"study {self.study!r}: {parts} of {total} selected runs → {self.command}"
+
+
+def check_study(study: StudyRef, frame: pd.DataFrame, results_root: Path | None = None) -> StudyCheck:
+    """Status counts of ``frame`` (this study's selected rows, with ``missing`` rows for expected runs)."""
+    counts = status_counts(frame)
+    cmd = sweep_command(
+        study.spec_path,
+        retry_failed=bool(counts.get("failed") or counts.get("cancelled")),
+        results_root=results_root,
+    )
+    return StudyCheck(study.name, study.spec_path, counts, cmd)
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class ItemResult:
+    id: str
+    status: str  # ok | partial (drawn from incomplete data) | incomplete | missing | error
+    paths: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # what completes the item's studies
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def select_runs(item: ManifestItem, results_root: Path | None) -> tuple[pd.DataFrame, list[StudyCheck]]:
+    """The item's filtered runs over its studies, and each study's completeness check."""
+    studies = [resolve_study(s, results_root) for s in item.specs]
+    frame = apply_filter(load_studies(studies), item.where)
+    checks = [check_study(st, frame[frame["study"] == st.name], results_root) for st in studies]
+    return frame, checks
+
+
+def build_item(
+    item: ManifestItem, manifest: Manifest, *, allow_missing: bool = False, results_root: Path | None = None
+) -> ItemResult:
+    """Check the item's studies, then draw and save it (or say why not)."""
+    results_root = results_root or manifest.results_root
+    missing_specs = [s for s in item.specs if not s.is_file()]
+    if missing_specs:
+        return ItemResult(
+            item.id, "missing", problems=[f"sweep spec {_rel(s)} does not exist" for s in missing_specs]
+        )
+    try:
+        frame, checks = select_runs(item, results_root)
+    except StatpruneError as e:
+        return ItemResult(item.id, "error", problems=[str(e)])
+    problems = [c.describe() for c in checks if not c.complete]
+    commands = [c.command for c in checks if not c.complete]
+    has_done = not frame.empty and frame["status"].eq("done").any()
+    if not has_done:
+        return ItemResult(item.id, "missing", problems=problems or ["no finished runs"], commands=commands)
+    if problems and not allow_missing:
+        return ItemResult(item.id, "incomplete", problems=problems, commands=commands)
+    out_dir = manifest.ci_dir if item.ci else manifest.out_dir
+    try:
+        paths = render_item(item, frame, out_dir)
+    except StatpruneError as e:
+        return ItemResult(item.id, "error", problems=[str(e)])
+    return ItemResult(item.id, "partial" if problems else "ok", paths, problems, commands)
+
+
+def render_item(item: ManifestItem, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Draw one item from its (already filtered) runs and write its files."""
+    if item.output == "figure":
+        from statprune.analysis.plots import save_figure
+
+        fig = _figure_kinds()[item.kind](frame, item)
+        return save_figure(fig, out_dir / item.id, item.formats)
+    table = _table_kinds()[item.kind](frame, item)
+    return write_table(table, out_dir / item.id, item.formats)
+
+
+def write_table(table: Any, stem: Path, formats: Sequence[str] = TABLE_FORMATS) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in formats:
+        if ext not in TABLE_FORMATS:
+            raise StatpruneError(f"table format must be one of {', '.join(TABLE_FORMATS)}, got {ext!r}")
+        path = stem.parent / f"{stem.name}.{ext}"  # not with_suffix: ids may contain dots
+        path.write_text(table.to_markdown() if ext == "md" else table.to_latex())
+        out.append(path)
+    return out
+
+
+def build_figures(
+    manifest: Manifest,
+    *,
+    only: Sequence[str] | None = None,
+    allow_missing: bool = False,
+    results_root: Path | None = None,
+) -> list[ItemResult]:
+    """Build every selected item of the manifest; see :func:`build_item`."""
+    return [
+        build_item(it, manifest, allow_missing=allow_missing, results_root=results_root)
+        for it in manifest.select(only)
+    ]
