@@ -145,8 +145,16 @@ def parse_options(cls: type, raw: Mapping[str, Any]) -> Any:
     return cls(**{k: _coerce(k, v, hints[k]) for k, v in raw.items()})
 
 
+def load_methods() -> Registry[tuple[Method, type]]:
+    """The method registry with every built-in method registered (imported lazily: they import us)."""
+    import statprune.baselines
+    import statprune.stat  # noqa: F401
+
+    return METHODS
+
+
 def method_options(method: str, raw: Mapping[str, Any] | None = None) -> Any:
-    _, cls = METHODS.get(method)
+    _, cls = load_methods().get(method)
     return parse_options(cls, raw or {})
 
 
