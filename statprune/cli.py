@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:  # command group not installed in this tree
+            if e.name and (name == e.name or name.startswith(e.name + ".")):  # group not in this tree
                 continue
             raise
         mod.register(sub)
