@@ -20,7 +20,7 @@ setup: $(BIN)/statprune
 
 quickstart: setup
 	$(BIN)/statprune assets fetch
-	$(BIN)/statprune quickstart
+	$(BIN)/statprune quickstart --spec experiments/quickstart.toml
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q

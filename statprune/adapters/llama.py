@@ -38,6 +38,18 @@ class LlamaAdapter(Adapter):
     def down_proj(self, i: int) -> nn.Linear:
         return self.layers()[i].mlp.down_proj
 
+    def input_norm(self, i: int) -> nn.Module:
+        return self.layers()[i].input_layernorm
+
+    def post_attention_norm(self, i: int) -> nn.Module:
+        return self.layers()[i].post_attention_layernorm
+
+    def final_norm(self) -> nn.Module:
+        return self.model.base_model.norm
+
+    def ffn(self, i: int) -> nn.Module:
+        return self.layers()[i].mlp
+
     def _set_out_proj(self, i: int, linear: nn.Linear) -> None:
         self.attention(i).o_proj = linear
 

@@ -9,11 +9,23 @@ Two walks over the layers:
    far: the FFN Gram is taken after the layer's attention was pruned, and the next layer sees the
    pruned layer's output. With ``repropagate=false`` all statistics come from the original model (the
    released OPT code's single pass).
+
+Placement and scale (options ``device``, ``hidden_device``, ``sketch``): the walk runs on ``device``
+(default: where the model is; ``auto``: CUDA when available); the calibration hidden states stay on
+that device when two copies fit in half its free memory, else in pinned CPU memory
+(``hidden_device=auto``). The token dimension can be sketched before the Gram
+(``sketch=gaussian|countsketch``, ``sketch_ratio`` sketch rows per token, seeded): cheaper Grams,
+approximate statistics; the exact path is the default. ``neuron_multiple=m`` rounds every pruned
+layer's neuron count down to a multiple of m (removing a little more than the target), because
+GEMMs whose inner dimension is not a multiple of 8 lose the fast tensor-core kernels on GPUs. ``profile=true`` synchronises around every
+Gram update so that ``timings`` splits ``gram`` from ``calibration_forward`` (the forward alone).
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,10 +34,12 @@ from tqdm.auto import tqdm
 
 from statprune.adapters import Adapter
 from statprune.calibration import Calibration, Gram, LayerWalk
+from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
 from statprune.stat.allocate import BlockCurve, greedy_allocation, paper_allocation
 from statprune.stat.heads import head_curve, head_units, prune_heads
+from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
 
 
@@ -40,7 +54,18 @@ class StatOptions:
     rel_tol: float = 1e-12
     device: str | None = None
     store_dtype: Literal["model", "bfloat16", "float32"] = "model"
+    hidden_device: Literal["auto", "device", "cpu"] = "auto"
+    sketch: Literal["none", "gaussian", "countsketch"] = "none"
+    sketch_ratio: float = 0.05
+    profile: bool = False
+    neuron_multiple: int = 1
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sketch_ratio <= 1.0:
+            raise StatpruneError(f"sketch_ratio must be in (0, 1], got {self.sketch_ratio}")
+        if self.neuron_multiple < 1:
+            raise StatpruneError(f"neuron_multiple must be at least 1, got {self.neuron_multiple}")
 
 
 def _store_dtype(name: str) -> torch.dtype | None:
@@ -48,12 +73,20 @@ def _store_dtype(name: str) -> torch.dtype | None:
 
 
 class _Timer:
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, profile: bool = False) -> None:
         self.device = device
+        self.profile = profile
         self.totals: dict[str, float] = {}
 
     def __call__(self, stage: str) -> _Stage:
         return _Stage(self, stage)
+
+    def report(self) -> dict[str, float]:
+        """Stage totals; with profiling, ``gram`` is taken out of ``calibration_forward``."""
+        out = dict(self.totals)
+        if "gram" in out:
+            out["calibration_forward"] = out.get("calibration_forward", 0.0) - out["gram"]
+        return out
 
 
 class _Stage:
@@ -71,28 +104,80 @@ class _Stage:
         self.timer.totals[self.stage] = self.timer.totals.get(self.stage, 0.0) + time.perf_counter() - self.t0
 
 
-def _grams(adapter: Adapter, i: int, device: torch.device, heads: bool, neurons: bool) -> dict:
+class _Sketch:
+    """Token-dimension sketch S·X of one batch's rows (E[SᵀS] = I), seeded per accumulator."""
+
+    def __init__(self, kind: str, ratio: float, device: torch.device, seed: int) -> None:
+        self.kind, self.ratio = kind, ratio
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        n_tok = rows.shape[0]
+        m = max(1, math.ceil(self.ratio * n_tok))
+        x = rows.float()
+        if self.kind == "gaussian":
+            S = torch.randn(m, n_tok, generator=self.gen, device=x.device, dtype=x.dtype)
+            return (S @ x) / math.sqrt(m)
+        bucket = torch.randint(m, (n_tok,), generator=self.gen, device=x.device)
+        sign = torch.randint(2, (n_tok, 1), generator=self.gen, device=x.device).to(x.dtype) * 2 - 1
+        return torch.zeros(m, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, bucket, x * sign)
+
+
+def _grams(
+    adapter: Adapter,
+    i: int,
+    device: torch.device,
+    heads: bool,
+    neurons: bool,
+    opts: StatOptions | None = None,
+    seed: int = 0,
+    phase: int = 0,
+) -> dict:
+    def make(dim: int, part: int) -> Gram:
+        sketch = None
+        if opts is not None and opts.sketch != "none":
+            sketch = _Sketch(
+                opts.sketch, opts.sketch_ratio, device, seed * 1_000_003 + (4 * i + 2 * part + phase)
+            )
+        return Gram(dim, device, transform=sketch)
+
     out = {}
     if heads:
-        out["heads"] = (adapter.out_proj(i), Gram(adapter.out_proj(i).in_features, device))
+        out["heads"] = (adapter.out_proj(i), make(adapter.out_proj(i).in_features, 0))
     if neurons:
-        out["neurons"] = (adapter.down_proj(i), Gram(adapter.down_proj(i).in_features, device))
+        out["neurons"] = (adapter.down_proj(i), make(adapter.down_proj(i).in_features, 1))
     return out
 
 
-def _hooks(grams: dict) -> dict:
-    return {mod: acc for mod, acc in grams.values()}
+def _hooks(grams: dict, timer: _Timer | None = None) -> dict:
+    if timer is None or not timer.profile:
+        return {mod: acc for mod, acc in grams.values()}
+
+    def timed(acc: Gram) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        def hook(x: torch.Tensor, mask: torch.Tensor) -> None:
+            with timer("gram"):
+                acc(x, mask)
+
+        return hook
+
+    return {mod: timed(acc) for mod, acc in grams.values()}
 
 
 def measure_curves(
-    adapter: Adapter, walk: LayerWalk, target: Target, opts: StatOptions, timer: _Timer, progress: bool
+    adapter: Adapter,
+    walk: LayerWalk,
+    target: Target,
+    opts: StatOptions,
+    timer: _Timer,
+    progress: bool,
+    seed: int = 0,
 ) -> list[BlockCurve]:
     curves: list[BlockCurve] = []
     for i in tqdm(range(adapter.num_layers), desc="stat: measure", disable=not progress):
         scale = walk.energy() if opts.error_norm == "residual" else 1.0
-        grams = _grams(adapter, i, walk.device, True, True)
+        grams = _grams(adapter, i, walk.device, True, True, opts, seed, 0)
         with timer("calibration_forward"):
-            outs = walk.run(i, _hooks(grams))
+            outs = walk.run(i, _hooks(grams, timer))
         shape = adapter.layer_shape(i)
         costs = unit_costs(adapter, i, target.seq_len)
         with timer("factorization"):
@@ -126,14 +211,31 @@ def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: S
     return paper_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
 
 
+def round_neurons(kept: dict, adapter: Adapter, multiple: int) -> dict:
+    """Round pruned layers' neuron counts down to a multiple of ``multiple`` (at least ``multiple``)."""
+    if multiple <= 1:
+        return kept
+    out = dict(kept)
+    for (i, kind), k in kept.items():
+        if kind == "neurons" and k < adapter.layer_shape(i).intermediate:
+            out[(i, kind)] = max(multiple, k // multiple * multiple)
+    return out
+
+
 def apply_pruning(
-    adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptions, timer: _Timer, progress: bool
+    adapter: Adapter,
+    walk: LayerWalk,
+    kept: dict,
+    opts: StatOptions,
+    timer: _Timer,
+    progress: bool,
+    seed: int = 0,
 ) -> None:
     for i in tqdm(range(adapter.num_layers), desc="stat: prune", disable=not progress):
         k_heads, k_neurons = kept[(i, "heads")], kept[(i, "neurons")]
-        grams = _grams(adapter, i, walk.device, True, not opts.repropagate)
+        grams = _grams(adapter, i, walk.device, True, not opts.repropagate, opts, seed, 1)
         with timer("calibration_forward"):
-            outs = walk.run(i, _hooks(grams), keep_outputs=not opts.repropagate)
+            outs = walk.run(i, _hooks(grams, timer), keep_outputs=not opts.repropagate)
         with timer("weight_update"):
             prune_heads(
                 adapter,
@@ -145,9 +247,9 @@ def apply_pruning(
                 rel_tol=opts.rel_tol,
             )
         if opts.repropagate:
-            grams = _grams(adapter, i, walk.device, False, True)
+            grams = _grams(adapter, i, walk.device, False, True, opts, seed, 1)
             with timer("calibration_forward"):
-                walk.run(i, _hooks(grams), keep_outputs=False)
+                walk.run(i, _hooks(grams, timer), keep_outputs=False)
         with timer("weight_update"):
             prune_neurons(
                 adapter, i, grams["neurons"][1].G, k_neurons, correction=opts.correction, rel_tol=opts.rel_tol
@@ -158,29 +260,70 @@ def apply_pruning(
         walk.advance(outs)
 
 
+def resolve_device(name: str | None, current: torch.device) -> torch.device:
+    """``None`` → where the model is; ``auto`` → the current CUDA device when there is one, else CPU."""
+    if not name:
+        return current
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise StatpruneError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StatpruneError("device cuda requested but CUDA is not available (use device=cpu or auto)")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _offload(
+    mode: str, adapter: Adapter, calib: Calibration, device: torch.device, store: torch.dtype | None
+) -> bool:
+    """Pinned CPU storage when two copies of the hidden states would take over half the free memory."""
+    if device.type != "cuda" or mode == "device":
+        return False
+    if mode == "cpu":
+        return True
+    itemsize = torch.empty((), dtype=store or adapter.dtype).element_size()
+    need = 2 * sum(b["input_ids"].numel() for b in calib.batches) * adapter.hidden_size * itemsize
+    free, _ = torch.cuda.mem_get_info(device)
+    return need > 0.5 * free
+
+
 @register_method("stat", StatOptions)
 @torch.no_grad()
 def stat_prune(
     model, adapter: Adapter, calib: Calibration, target: Target, *, seed: int, options: StatOptions
 ) -> MethodOutput:
-    """Prune ``model`` in place with STAT (deterministic given the calibration draw)."""
-    device = torch.device(options.device) if options.device else adapter.device
+    """Prune ``model`` in place with STAT (deterministic given the calibration draw and seed)."""
+    device = resolve_device(options.device, adapter.device)
     if device != adapter.device:
         model.to(device)
-    timer = _Timer(device)
-    with timer("calibration_forward"):
-        walk = LayerWalk(adapter, calib, device=device, store_dtype=_store_dtype(options.store_dtype))
-    curves = measure_curves(adapter, walk, target, options, timer, options.progress)
-    with timer("allocation"):
-        kept = allocate(adapter, curves, target, options)
-    with timer("calibration_forward"):
-        walk.capture()
-    apply_pruning(adapter, walk, kept, options, timer, options.progress)
-    del walk
+    timer = _Timer(device, options.profile)
+    store = _store_dtype(options.store_dtype)
+    offload = _offload(options.hidden_device, adapter, calib, device, store)
+    try:
+        with timer("calibration_forward"):
+            walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload)
+        curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed)
+        with timer("allocation"):
+            kept = round_neurons(allocate(adapter, curves, target, options), adapter, options.neuron_multiple)
+        with timer("calibration_forward"):
+            walk.capture()
+        apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
+        del walk
+    finally:
+        clear_workspaces()
     return MethodOutput(
-        timings=timer.totals,
+        timings=timer.report(),
         diagnostics={
             "kept_units": {f"{layer}.{kind}": n for (layer, kind), n in sorted(kept.items())},
             "predicted_error": float(sum(float(c.errors[kept[(c.layer, c.kind)]]) for c in curves)),
+            "device": str(device),
+            "hidden_offloaded": offload,
         },
     )

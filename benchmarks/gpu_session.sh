@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# All GPU measurements of docs/BENCHMARKS.md, in one command per phase (device time is scarce).
+#   benchmarks/gpu_session.sh 1   ceilings, kernels, BERT-base, GPU-vs-CPU check, 4-layer 7B slice
+#   benchmarks/gpu_session.sh 2   full Llama-2-7B shape with speedups, then baselines
+#   benchmarks/gpu_session.sh 3   7B with the neuron path exercised (paper allocation, widths rounded
+#                                 to multiples of 8) and the baselines' prune times
+#   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
+#                                 fits in DEADLINE seconds (what is left out is logged as skipped)
+# Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
+# step, into $OUT/records.tgz (the device tool returns at most 8 files from $OUT).
+# Uses the machine's python3 (torch + transformers); statprune runs from the source tree.
+set -uo pipefail
+PHASE=${1:-1}
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+PY=${PYTHON:-python3}
+REC=${REC:-$OUT}
+mkdir -p "$REC"
+SP="$PY -m statprune.cli bench --device cuda --out $REC"
+DEADLINE=${DEADLINE:-100000}
+pack() { [[ $REC == "$OUT" ]] || tar czf "$OUT/records.tgz" -C "$REC" .; }
+step() { pack; echo; echo "=== $* ($(date -u +%FT%TZ), ${SECONDS}s)"; }
+left() { echo $((DEADLINE - SECONDS)); }
+
+BERT="--shape bert-base --sparsity 0.5 --calib 512 --seq-len 128 --batch-size 64 --dtype bfloat16"
+LLAMA="--shape llama-2-7b --sparsity 0.3 --calib 128 --seq-len 2048 --batch-size 8 --dtype bfloat16"
+run() { local t=$1; shift; (( $(left) > 30 )) || return 0; timeout $(( $(left) < t ? $(left) : t )) "$@"; }
+
+if [[ $PHASE == 1* ]]; then
+  step environment
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem,power.limit --format=csv
+  $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
+  nproc; free -g | head -2
+  step micro; run 120 $PY benchmarks/micro.py "$REC/micro.json" cuda
+  step bert-base; run 120 $SP $BERT --speed --name bert-base-stat-s0.5
+fi
+if [[ $PHASE == *2 ]]; then
+  step 7b-full; run 360 $SP $LLAMA --speed --name llama-2-7b-stat-s0.3
+fi
+if [[ $PHASE == 1* ]]; then
+  step gpu-vs-cpu; run 120 $SP --shape bert-base --layers 3 --sparsity 0.5 --calib 128 --seq-len 128 \
+    --batch-size 64 --dtype float32 --compare-cpu --name bert-base-L3-gpu-vs-cpu
+  step bert-base-multiple8; run 60 $SP $BERT --speed --opt neuron_multiple=8 --name bert-base-stat-s0.5-m8
+  step bert-base-sketch; run 60 $SP $BERT --opt sketch=gaussian --opt sketch_ratio=0.1 --name bert-base-stat-s0.5-gauss0.1
+  step pytest-gpu; run 60 $PY -m pytest -q -m gpu tests/unit/test_bench.py -p no:cacheprovider
+fi
+if [[ $PHASE == *2 ]]; then
+  for m in magnitude slicegpt "kwon --opt batch_size=4"; do
+    step "7b-$m"; run 240 $SP $LLAMA --method $m --name "llama-2-7b-${m%% *}-s0.3"
+  done
+fi
+if [[ $PHASE == 3 ]]; then
+  step 7b-paper-m8; run 200 $SP $LLAMA --speed --opt allocation=paper --opt neuron_multiple=8 \
+    --name llama-2-7b-stat-s0.3-paper-m8
+  step 7b-magnitude; run 60 $SP $LLAMA --method magnitude --speed --name llama-2-7b-magnitude-s0.3
+  step 7b-slicegpt; run 120 $SP $LLAMA --method slicegpt --name llama-2-7b-slicegpt-s0.3
+  step 7b-kwon; run 150 $SP $LLAMA --method kwon --opt batch_size=4 --name llama-2-7b-kwon-s0.3
+  step bert-magnitude; run 40 $SP $BERT --method magnitude --name bert-base-magnitude-s0.5
+fi
+if [[ $PHASE == 1* ]]; then
+  step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3
+fi
+pack

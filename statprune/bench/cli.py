@@ -1,0 +1,86 @@
+"""``statprune bench``: time STAT (or a baseline) at a real model shape and write a JSON record.
+
+Example (Llama-2-7B shape on one GPU)::
+
+    statprune bench --shape llama-2-7b --method stat --sparsity 0.3 --calib 128 --seq-len 2048 \\
+        --device cuda --dtype bfloat16 --speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from statprune.errors import StatpruneError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time pruning at a model shape (stages, memory, speed of the pruned model)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shape", help="a named shape (random weights), e.g. bert-base, llama-2-7b")
+    src.add_argument("--model", help="any model spec: alias, local dir, hub id, random:<shape>")
+    p.add_argument("--method", default="stat")
+    p.add_argument("--sparsity", type=float, default=0.3, help="fraction of prunable FLOPs to remove")
+    p.add_argument("--calib", type=int, default=128, help="calibration sequences")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward batch")
+    p.add_argument("--flops-seq-len", type=float, default=None, help="FLOPs-model length (default --seq-len)")
+    p.add_argument(
+        "--calib-task", default=None, help="real calibration data (a task name) instead of random ids"
+    )
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N layers (shape slice)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--speed", action="store_true", help="measure dense vs pruned inference speed")
+    p.add_argument("--speed-batch", type=int, default=32)
+    p.add_argument("--speed-seq", type=int, default=128)
+    p.add_argument("--gen-tokens", type=int, default=32, help="decoder: tokens generated per latency run")
+    p.add_argument("--compare-cpu", action="store_true", help="also prune on the CPU and compare the results")
+    p.add_argument("--ceilings", action="store_true", help="measure copy bandwidth and matmul rates first")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON record ('' = none)")
+    p.add_argument("--name", default=None, help="record name (default: from the configuration)")
+    p.add_argument("--json", action="store_true", help="print the whole record instead of the table")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from statprune.bench.run import BenchConfig, format_table, run_bench
+    from statprune.commands.prune import parse_kv
+
+    if args.layers is not None and args.model and not args.model.startswith("random:"):
+        raise StatpruneError("--layers needs --shape (or --model random:<shape>)")
+    cfg = BenchConfig(
+        model=args.model or f"random:{args.shape}",
+        method=args.method,
+        sparsity=args.sparsity,
+        calib=args.calib,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        options=parse_kv(args.opt),
+        layers=args.layers,
+        flops_seq_len=args.flops_seq_len,
+        calib_task=args.calib_task,
+        speed=args.speed,
+        speed_batch=args.speed_batch,
+        speed_seq=args.speed_seq,
+        gen_tokens=args.gen_tokens,
+        compare_cpu=args.compare_cpu,
+        ceilings=args.ceilings,
+        out_dir=args.out or None,
+        name=args.name,
+    )
+    record = run_bench(cfg)
+    print(json.dumps(record, indent=2, default=str) if args.json else format_table(record))
+    if "path" in record:
+        print(f"record: {record['path']}")
+    return 0

@@ -1,0 +1,388 @@
+"""One benchmark run: build a model, calibrate, prune with per-stage timings, measure speed; one record.
+
+The record (JSON, ``<out_dir>/<name>.json``) holds the configuration, the machine, every stage time
+(model build, calibration build, and the method's own stages: for STAT ``calibration_forward``,
+``gram``, ``factorization``, ``allocation``, ``weight_update``), the wall time of the pruning, peak
+device memory, achieved sparsity, and, on request, the pruned model's speed against the dense one
+(``speed``) and the agreement of the GPU and CPU paths (``compare_cpu``). Models are built directly
+on the target device in the target dtype (``random:<shape>`` never touches host memory at 7B).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from statprune.calibration import Calibration
+from statprune.errors import StatpruneError
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to benchmark; ``model`` is a :func:`statprune.models.load.load_model` spec."""
+
+    model: str
+    method: str = "stat"
+    sparsity: float = 0.3
+    calib: int = 128
+    seq_len: int = 2048
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "bfloat16"
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+    layers: int | None = None  # keep only the first `layers` layers (a slice, to extrapolate from)
+    flops_seq_len: float | None = None  # FLOPs-model sequence length of the target (default seq_len)
+    calib_task: str | None = None  # real calibration data instead of random tokens
+    speed: bool = False
+    speed_batch: int = 32
+    speed_seq: int = 128
+    gen_prompt: int = 128
+    gen_tokens: int = 32
+    compare_cpu: bool = False
+    ceilings: bool = False
+    out_dir: str | None = "benchmarks/results"
+    name: str | None = None
+
+    def validate(self) -> None:
+        from statprune.pipeline import resolve_dtype
+        from statprune.pruner import Target, method_options
+
+        Target(self.sparsity, 1.0)
+        method_options(self.method, self.options)
+        resolve_dtype(self.dtype)
+        for what, v in (("calib", self.calib), ("seq_len", self.seq_len), ("batch_size", self.batch_size)):
+            if v <= 0:
+                raise StatpruneError(f"{what} must be positive, got {v}")
+        if self.layers is not None and (self.layers <= 0 or not self.model.startswith("random:")):
+            raise StatpruneError("--layers takes a positive count and needs a random:<shape> model")
+
+    def record_name(self) -> str:
+        if self.name:
+            return self.name
+        base = self.model.removeprefix("random:").replace("/", "_")
+        if self.layers is not None:
+            base += f"-L{self.layers}"
+        return f"{base}-{self.method}-s{self.sparsity:g}-{self.calib}x{self.seq_len}-{self.dtype}"
+
+
+class _Stages:
+    """Wall-clock stage timer that synchronises the device at both ends."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> _StageCtx:
+        return _StageCtx(self, name)
+
+
+class _StageCtx:
+    def __init__(self, stages: _Stages, name: str) -> None:
+        self.stages, self.name = stages, name
+
+    def __enter__(self) -> None:
+        _sync(self.stages.device)
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        _sync(self.stages.device)
+        self.stages.seconds[self.name] = (
+            self.stages.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import os
+
+    env: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            gpu=props.name,
+            gpu_memory_GiB=round(props.total_memory / 2**30, 1),
+            sm_count=props.multi_processor_count,
+            cuda=torch.version.cuda,
+        )
+    return env
+
+
+def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The model (eval mode, on ``device`` in ``dtype``) and its tokenizer (None for a layer slice)."""
+    from statprune.models.load import load_model
+
+    if cfg.layers is None:
+        return load_model(cfg.model, dtype=dtype, device=str(device))
+    # A slice of a named shape: the same random build as load_model, with fewer layers.
+    from statprune.models.load import model_class
+    from statprune.models.shapes import shape_config
+
+    config = shape_config(cfg.model.removeprefix("random:"))
+    config.num_hidden_layers = cfg.layers
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        with device:
+            model = model_class(config, None).from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval(), None
+
+
+def synthetic_calibration(n: int, seq_len: int, vocab: int, *, batch_size: int, seed: int) -> Calibration:
+    """``n`` sequences of ``seq_len`` uniform random token ids (no padding), in batches."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (n, seq_len), generator=gen)  # skip the usual special ids 0-2
+    batches = [
+        {"input_ids": ids[s : s + batch_size], "attention_mask": torch.ones_like(ids[s : s + batch_size])}
+        for s in range(0, n, batch_size)
+    ]
+    return Calibration(batches=batches, num_examples=n, indices=list(range(n)))
+
+
+def _calibration(cfg: BenchConfig, model: Any, tokenizer: Any) -> Calibration:
+    if cfg.calib_task is None:
+        return synthetic_calibration(
+            cfg.calib, cfg.seq_len, model.config.vocab_size, batch_size=cfg.batch_size, seed=cfg.seed
+        )
+    if tokenizer is None:
+        raise StatpruneError("--calib-task needs a tokenizer; it cannot be combined with --layers")
+    from statprune.data.tasks import get_task
+    from statprune.pipeline import calibration_for
+
+    return calibration_for(
+        get_task(cfg.calib_task),
+        tokenizer,
+        cfg.calib,
+        cfg.seed,
+        max_length=cfg.seq_len,
+        batch_size=cfg.batch_size,
+    )
+
+
+def _method_options(cfg: BenchConfig, **extra: Any) -> dict[str, Any]:
+    """User options plus ``extra`` where the method has such a field (progress bars off, profiling on)."""
+    from statprune.pruner import load_methods
+
+    _, cls = load_methods().get(cfg.method)
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {**{k: v for k, v in extra.items() if k in names}, **cfg.options}
+
+
+def _speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
+    from statprune.bench.speed import decode_latency, forward_speed
+    from statprune.models.load import is_decoder
+
+    vocab = model.config.vocab_size
+    out = {
+        "forward": forward_speed(model, batch=cfg.speed_batch, seq=cfg.speed_seq, vocab=vocab, device=device)
+    }
+    if is_decoder(model.config):
+        out["decode"] = decode_latency(
+            model, prompt=cfg.gen_prompt, new_tokens=cfg.gen_tokens, vocab=vocab, device=device
+        )
+    return out
+
+
+def _speedups(dense: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float | None]:
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    out = {
+        "forward": ratio(dense["forward"]["ms"], pruned["forward"]["ms"]),
+        "forward_eager": ratio(dense["forward"]["eager_ms"], pruned["forward"]["eager_ms"]),
+    }
+    if "decode" in dense:
+        d, p = dense["decode"], pruned["decode"]
+        out["decode_step"] = ratio(d["step_ms"], p["step_ms"])
+        out["decode_step_eager"] = ratio(d["step_eager_ms"], p["step_eager_ms"])
+        out["generate"] = ratio(d["generate_ms_per_token"], p["generate_ms_per_token"])
+    return out
+
+
+@torch.no_grad()
+def model_output(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """Float32 outputs on ``ids``: decoder logits (LM head included, so a SliceGPT model's rotated
+    hidden basis does not matter), or an encoder's last hidden states."""
+    from statprune.models.load import is_decoder
+
+    if is_decoder(model.config):
+        return model(input_ids=ids, use_cache=False).logits.float()
+    return getattr(model, "base_model", model)(input_ids=ids).last_hidden_state.float()
+
+
+def compare_models(a: torch.nn.Module, b: torch.nn.Module) -> dict[str, Any]:
+    """Max over tensors of ‖a − b‖ / ‖a‖ (b moved to a's device in float64); shapes must match."""
+    sa, sb = a.state_dict(), b.state_dict()
+    worst, worst_name, same = 0.0, None, set(sa) == set(sb)
+    for k, ta in sa.items():
+        tb = sb.get(k)
+        if tb is None or ta.shape != tb.shape:
+            same = False
+            continue
+        x, y = ta.detach().double().cpu(), tb.detach().double().cpu()
+        rel = float((x - y).norm() / x.norm()) if x.norm() > 0 else float((x - y).norm())
+        if rel > worst:
+            worst, worst_name = rel, k
+    return {
+        "same_shapes": same,
+        "max_rel_weight_diff": worst if same else float("inf"),
+        "worst_tensor": worst_name,
+    }
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Run the benchmark described by ``cfg``; returns the record (and writes it when ``out_dir``)."""
+    from statprune.adapters import get_adapter
+    from statprune.flops import cost_report
+    from statprune.pipeline import resolve_dtype
+    from statprune.provenance import provenance
+    from statprune.pruner import Target, prune
+    from statprune.stat.prune import resolve_device
+
+    cfg.validate()
+    device = resolve_device(cfg.device, torch.device("cpu"))
+    dtype = resolve_dtype(cfg.dtype)
+    stages = _Stages(device)
+    record: dict[str, Any] = {"config": {**dataclasses.asdict(cfg), "options": dict(cfg.options)}}
+    record["environment"] = environment(device)
+    if cfg.ceilings:
+        from statprune.bench.ceilings import measure_ceilings
+
+        with stages("ceilings"):
+            record["ceilings"] = measure_ceilings(device)
+    t_all = time.perf_counter()
+    with stages("model_build"):
+        model, tokenizer = build_model(cfg, device, dtype)
+    with stages("calibration_build"):
+        calib = _calibration(cfg, model, tokenizer)
+    adapter = get_adapter(model)
+    if cfg.speed:
+        with stages("speed_dense"):
+            dense_speed = _speed(model, cfg, device)
+    cpu_model = copy.deepcopy(model).to("cpu") if cfg.compare_cpu else None
+    # held-out random tokens (another seed) for the pruned model's output error against the dense one
+    eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    eval_ids = torch.randint(
+        3, model.config.vocab_size, (min(8, cfg.calib), min(cfg.seq_len, 512)), generator=eval_gen
+    ).to(device)
+    dense_out = model_output(model, eval_ids)
+    dense_speed_costs = cost_report(adapter, cfg.speed_seq)
+    target = Target(cfg.sparsity, float(cfg.flops_seq_len or cfg.seq_len))
+    options = _method_options(cfg, progress=False, profile=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    with stages("prune"):
+        result = prune(
+            model, calib, target, method=cfg.method, seed=cfg.seed, options=options, adapter=adapter
+        )
+    res = result.to_dict()
+    record["result"] = {
+        k: res[k]
+        for k in (
+            "sparsity_target",
+            "sparsity_achieved",
+            "seq_len",
+            "flops_dense",
+            "flops_pruned",
+            "params_dense",
+            "params_pruned",
+            "calib_size",
+            "calib_tokens",
+            "prune_seconds",
+            "peak_memory_bytes",
+            "timings",
+            "layers",
+        )
+    }
+    record["result"]["diagnostics"] = {k: v for k, v in res["diagnostics"].items() if k != "kept_units"}
+    record["result"]["kept_units"] = res["diagnostics"].get("kept_units")
+    pruned_out = model_output(model, eval_ids)
+    record["result"]["output_rel_err"] = float((pruned_out - dense_out).norm() / dense_out.norm())
+    del dense_out, pruned_out
+    if device.type == "cuda":
+        record["result"]["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
+    if cfg.speed:
+        with stages("speed_pruned"):
+            pruned_speed = _speed(model, cfg, device)
+        pruned_costs = cost_report(adapter, cfg.speed_seq)
+        record["speed"] = {
+            "dense": dense_speed,
+            "pruned": pruned_speed,
+            "speedup": _speedups(dense_speed, pruned_speed),
+            "flops_ratio": dense_speed_costs.flops / pruned_costs.flops,
+            "params_ratio": dense_speed_costs.params_prunable / pruned_costs.params_prunable,
+            "seq_len": cfg.speed_seq,
+        }
+    if cpu_model is not None:
+        with stages("compare_cpu"):
+            cpu_opts = _method_options(cfg, progress=False, device="cpu")
+            cpu_result = prune(cpu_model, calib, target, method=cfg.method, seed=cfg.seed, options=cpu_opts)
+            cmp = compare_models(cpu_model, model)
+            cmp["same_kept_units"] = cpu_result.diagnostics.get("kept_units") == res["diagnostics"].get(
+                "kept_units"
+            )
+            cmp["cpu_prune_seconds"] = cpu_result.prune_seconds
+            cmp["cpu_timings"] = cpu_result.timings
+            record["compare_cpu"] = cmp
+    record["stages"] = stages.seconds
+    record["wall_seconds"] = time.perf_counter() - t_all
+    record["provenance"] = provenance()
+    if cfg.out_dir:
+        from statprune.io import write_json_atomic
+
+        path = Path(cfg.out_dir) / f"{cfg.record_name()}.json"
+        write_json_atomic(path, record)
+        record["path"] = str(path)
+    return record
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """A short human-readable summary of a record."""
+    r = record["result"]
+    cfg = record["config"]
+    lines = [
+        f"{cfg['model']} {cfg['method']} sparsity {cfg['sparsity']:g} "
+        f"calib {cfg['calib']}x{cfg['seq_len']} {cfg['dtype']} on {record['environment'].get('gpu', 'cpu')}",
+        f"  {'stage':24s} {'seconds':>9s}",
+    ]
+    for k, v in record["stages"].items():
+        lines.append(f"  {k:24s} {v:9.2f}")
+    for k, v in r["timings"].items():
+        lines.append(f"    prune/{k:18s} {v:9.2f}")
+    lines += [
+        f"  {'prune wall':24s} {r['prune_seconds']:9.2f}",
+        f"  peak memory {r['peak_memory_bytes'] / 2**30:.1f} GiB; achieved sparsity {r['sparsity_achieved']:.3f}; "
+        f"output rel err {r['output_rel_err']:.3f}",
+    ]
+    if "speed" in record:
+        s = record["speed"]
+        sp = " ".join(f"{k}={v:.2f}" for k, v in s["speedup"].items() if v is not None)
+        lines.append(
+            f"  speedup {sp}; FLOPs ratio {s['flops_ratio']:.2f} (s={s['seq_len']}); params ratio "
+            f"{s['params_ratio']:.2f}"
+        )
+    if "compare_cpu" in record:
+        c = record["compare_cpu"]
+        lines.append(
+            f"  GPU vs CPU: same kept units {c['same_kept_units']}, max rel weight diff "
+            f"{c['max_rel_weight_diff']:.2e} ({c['worst_tensor']})"
+        )
+    return "\n".join(lines)

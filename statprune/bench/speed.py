@@ -1,0 +1,164 @@
+"""Inference speed of a (pruned) model: encoder/decoder forward throughput and decoder latency.
+
+Timing follows the usual GPU discipline: warm-up first (kernel selection, allocator, lazy caches),
+then every repetition timed with CUDA events and the median reported. Eager PyTorch at batch 1 is
+bound by kernel-launch overhead on the host, which hides any gain from a smaller model, so on CUDA
+each measurement is also taken as a CUDA-graph replay (the same kernels, launched as one graph);
+both numbers are reported, with the path that was used. On CPU the host clock is used.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device, *, warmup: int = 3, reps: int = 10) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def graphed(fn: Callable[[], Any], device: torch.device, warmup: int = 3) -> Callable[[], Any] | None:
+    """``fn`` captured as a CUDA graph (replay callable), or None when capture is not possible."""
+    if device.type != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph.replay
+    except Exception:  # any capture failure means: measure eagerly only
+        torch.cuda.synchronize(device)
+        return None
+
+
+@torch.no_grad()
+def forward_speed(
+    model: nn.Module, *, batch: int, seq: int, vocab: int, device: torch.device, reps: int = 10, seed: int = 0
+) -> dict[str, Any]:
+    """Forward time of the backbone (no LM/classifier head) on ``batch × seq`` random tokens."""
+    backbone = getattr(model, "base_model", model)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (batch, seq), generator=gen).to(device)
+
+    def fn() -> Any:
+        return backbone(input_ids=ids, use_cache=False) if _is_decoder(model) else backbone(input_ids=ids)
+
+    out: dict[str, Any] = {"batch": batch, "seq": seq, "eager_ms": time_fn(fn, device, reps=reps)}
+    replay = graphed(fn, device)
+    out["graph_ms"] = time_fn(replay, device, reps=reps) if replay is not None else None
+    out["ms"] = min(v for v in (out["eager_ms"], out["graph_ms"]) if v is not None)
+    out["tokens_per_s"] = batch * seq / (out["ms"] / 1e3)
+    del replay
+    _free(device)
+    return out
+
+
+@torch.no_grad()
+def decode_latency(
+    model: nn.Module,
+    *,
+    prompt: int,
+    new_tokens: int,
+    vocab: int,
+    device: torch.device,
+    reps: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Batch-1 greedy generation: milliseconds per generated token (``generate``) and per decode step.
+
+    ``generate_ms_per_token`` is the stock ``model.generate`` (dynamic cache, eager). ``step_ms`` is
+    one decode step (one token, static KV cache at position ``prompt``), eager and graph-replayed.
+    """
+    from transformers import StaticCache
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (1, prompt), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+
+    def generate() -> Any:
+        return model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+    out: dict[str, Any] = {"prompt": prompt, "new_tokens": new_tokens}
+    out["generate_ms_per_token"] = time_fn(generate, device, warmup=1, reps=reps) / new_tokens
+
+    # The static cache advances its own write position (transformers 5), so each series of steps
+    # starts from the prompt again; 64 free slots cover warm-up, capture and the timed steps.
+    cache = StaticCache(config=model.config, max_cache_len=prompt + 64)
+    model(
+        input_ids=ids,
+        past_key_values=cache,
+        cache_position=torch.arange(prompt, device=device),
+        use_cache=True,
+    )
+    tok = ids[:, -1:].clone()
+    pos = torch.tensor([prompt], device=device)
+
+    def rewind() -> None:
+        pos.fill_(prompt)
+        for layer in getattr(cache, "layers", []):
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length.fill_(prompt)
+
+    def step() -> Any:
+        logits = model(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
+        pos.add_(1)
+        return logits
+
+    rewind()
+    out["step_eager_ms"] = time_fn(step, device, reps=20)
+    rewind()
+    replay = graphed(step, device)
+    rewind()
+    out["step_graph_ms"] = time_fn(replay, device, reps=20) if replay is not None else None
+    out["step_ms"] = min(v for v in (out["step_eager_ms"], out["step_graph_ms"]) if v is not None)
+    del replay
+    _free(device)
+    return out
+
+
+def _is_decoder(model: nn.Module) -> bool:
+    from statprune.models.load import is_decoder
+
+    return is_decoder(model.config)
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
