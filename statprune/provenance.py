@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import platform
 import socket
@@ -11,8 +12,10 @@ import sys
 from pathlib import Path
 
 
-def git_commit(repo: Path | None = None) -> str | None:
-    repo = repo or Path(__file__).resolve().parent.parent
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the statprune source tree (``+dirty`` with local changes); None outside git."""
+    repo = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
@@ -30,18 +33,28 @@ def git_commit(repo: Path | None = None) -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+@functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
     import statprune
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "statprune": statprune.__version__,
-    }
+    out = {"python": platform.python_version(), "statprune": statprune.__version__}
+    for mod in ("torch", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = "unavailable"
+    return out
+
+
+def peak_memory_bytes(device: object = None) -> int:
+    """Peak CUDA memory allocated on ``device`` (a CUDA device or name), else the process's peak RSS."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device))  # type: ignore[arg-type]
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def provenance() -> dict[str, object]:

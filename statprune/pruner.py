@@ -23,6 +23,7 @@ from statprune.adapters import Adapter, LayerShape, get_adapter
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
 from statprune.flops import cost_report
+from statprune.provenance import peak_memory_bytes
 from statprune.registry import Registry
 from statprune.seeding import seed_everything
 
@@ -158,17 +159,6 @@ def method_options(method: str, raw: Mapping[str, Any] | None = None) -> Any:
     return parse_options(cls, raw or {})
 
 
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        import resource
-
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-    except Exception:  # pragma: no cover - non-POSIX
-        return 0
-
-
 def prune(
     model: nn.Module,
     calib: Calibration,
@@ -220,7 +210,7 @@ def prune(
         calib_size=calib.num_examples,
         calib_tokens=calib.num_tokens,
         prune_seconds=seconds,
-        peak_memory_bytes=_peak_memory(device),
+        peak_memory_bytes=peak_memory_bytes(device),
         timings=out.timings,
         diagnostics=out.diagnostics,
     )

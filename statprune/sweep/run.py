@@ -14,13 +14,10 @@ file lock, so two runs never train the same fine-tune.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
-import platform
 import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -29,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from statprune import __version__
+from statprune.provenance import git_commit, peak_memory_bytes, versions
 from statprune.sweep import owners
 from statprune.sweep import tracking as tracking_mod
 from statprune.sweep.spec import RunConfig, _thaw
@@ -364,6 +363,7 @@ def dense_metrics(cfg: RunConfig, results_root: Path, evaluate_dense: Any) -> tu
         "max_length": cfg.max_length,
         "batch_size": cfg.eval_batch_size,
         "dtype": cfg.dtype,
+        "statprune": __version__,  # a release may change data preparation: never reuse across versions
     }
     h = _key_hash(key)
     path = results_root / ".dense" / f"{h}.json"
@@ -443,53 +443,3 @@ def _free_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:
         pass
-
-
-def peak_memory_bytes(device: str | None) -> int:
-    try:
-        import torch
-
-        if device and device.startswith("cuda"):
-            return int(torch.cuda.max_memory_allocated())
-    except Exception:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-@functools.lru_cache(maxsize=1)
-def versions() -> dict[str, str]:
-    import statprune
-
-    out = {"python": platform.python_version(), "statprune": statprune.__version__}
-    for mod in ("torch", "transformers"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:
-            out[mod] = "unavailable"
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    """The commit of the statprune source tree (``+dirty`` when it has local changes), if any."""
-    src = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}+dirty" if dirty else head

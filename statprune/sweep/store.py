@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,36 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from statprune.errors import StatpruneError
+from statprune.io import write_json_atomic as atomic_write_json
 from statprune.sweep import owners
 
 FINAL = ("done", "failed", "cancelled")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 STATES = ("done", "failed", "cancelled", "running", "stale", "missing")
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON so readers see the old file or the whole new one, never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; records are for everyone to read
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
