@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -44,6 +46,28 @@ SETUPS = {
 }
 
 
+def format_table(rows: list[dict], metric: str) -> str:
+    """Markdown: one row per variant, one column per sparsity: metric (achieved sparsity, prune s)."""
+    sparsities = sorted({r["sparsity"] for r in rows if r["variant"] != "dense"})
+    dense = next(r for r in rows if r["variant"] == "dense")
+    lines = [
+        f"| variant | {' | '.join(f'{s:.0%} removed' for s in sparsities)} |",
+        "|---|" + "---:|" * len(sparsities),
+        f"| dense | {dense[metric]:.4g} |" + " |" * (len(sparsities) - 1),
+    ]
+    for name in dict.fromkeys(r["variant"] for r in rows if r["variant"] != "dense"):
+        cells = []
+        for s in sparsities:
+            hit = [r for r in rows if r["variant"] == name and r["sparsity"] == s]
+            cells.append(
+                f"{hit[0][metric]:.4g} ({hit[0]['achieved']:.1%}, {hit[0]['prune_seconds']:.0f} s)"
+                if hit
+                else "–"
+            )
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=SETUPS, required=True)
@@ -53,7 +77,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--table", action="store_true", help="only print the table of an existing --out record")
     args = ap.parse_args()
+    if args.table:
+        rec = json.loads(Path(args.out).read_text())
+        print(format_table(rec["rows"], rec["setup"]["metric"]))
+        return
     setup = SETUPS[args.model]
     task = get_task(setup["task"])
     spec = str(finetune(setup["model"], setup["task"])) if setup["finetune"] else setup["model"]
@@ -76,20 +105,21 @@ def main() -> None:
     print(rows[0], flush=True)
 
     curves_cache: dict[str, tuple] = {}
-    for name in args.variants:
-        opts: StatOptions = parse_options(StatOptions, {**VARIANTS[name], "progress": False})
-        key = f"{opts.gqa}/{opts.error_norm}"
-        if key not in curves_cache:
-            model = copy.deepcopy(dense)
-            ad = get_adapter(model)
-            timer = _Timer(ad.device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                walk = LayerWalk(ad, calib)
-                curves = measure_curves(ad, walk, Target(0.5, seq_len), opts, timer, True)
-            curves_cache[key] = (curves, time.perf_counter() - t0)
-        curves, measure_s = curves_cache[key]
-        for s in args.sparsities:
+    # sparsity-major order: every variant at the first sparsity finishes before the next sparsity starts
+    for s in args.sparsities:
+        for name in args.variants:
+            opts: StatOptions = parse_options(StatOptions, {**VARIANTS[name], "progress": False})
+            key = f"{opts.gqa}/{opts.error_norm}"
+            if key not in curves_cache:
+                model = copy.deepcopy(dense)
+                ad = get_adapter(model)
+                timer = _Timer(ad.device)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    walk = LayerWalk(ad, calib)
+                    curves = measure_curves(ad, walk, Target(0.5, seq_len), opts, timer, True)
+                curves_cache[key] = (curves, time.perf_counter() - t0)
+            curves, measure_s = curves_cache[key]
             model = copy.deepcopy(dense)
             ad = get_adapter(model)
             f_dense = prunable_flops(ad, seq_len)
@@ -126,13 +156,7 @@ def main() -> None:
                     **provenance(),
                 },
             )
-    metric = setup["metric"]
-    print(f"\n| variant | {' | '.join(f'{s:.0%}' for s in args.sparsities)} |")
-    print("|---|" + "---:|" * len(args.sparsities))
-    print(f"| dense | {rows[0][metric]:.4g} |")
-    for name in args.variants:
-        cells = [f"{r[metric]:.4g} ({r['prune_seconds']:.0f}s)" for r in rows if r["variant"] == name]
-        print(f"| {name} | {' | '.join(cells)} |")
+    print(format_table(rows, setup["metric"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""Mask gradients and the diagonal empirical Fisher (Kwon et al. §4.1).
+
+Per mini-batch, the task loss is differentiated w.r.t. all-ones head and neuron masks; the per-batch
+gradients are kept (the rearrangement step needs their block-diagonal outer products) and the Fisher
+importance of a unit is Σ over mini-batches of grad². Encoders use the task loss of their head
+(labels from the calibration batches); causal LMs use the next-token loss on the real tokens.
+Model weights do not get gradients (only the masks do), so memory is one forward/backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from statprune.adapters import Adapter
+from statprune.baselines.kwon.masks import MaskHooks, Masks
+from statprune.calibration import Calibration, model_inputs
+from statprune.errors import StatpruneError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MaskGrads:
+    """Per layer: (num_batches × units) gradients of the loss w.r.t. the head / neuron masks."""
+
+    head: list[torch.Tensor]
+    neuron: list[torch.Tensor]
+
+    def head_fisher(self) -> list[torch.Tensor]:
+        return [g.pow(2).sum(0) for g in self.head]
+
+    def neuron_fisher(self) -> list[torch.Tensor]:
+        return [g.pow(2).sum(0) for g in self.neuron]
+
+
+def _rows(calib: Calibration, n: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``n`` examples, each trimmed to its real tokens."""
+    rows = []
+    for b in calib.batches:
+        for r in range(b["input_ids"].shape[0]):
+            keep = b["attention_mask"][r].bool()
+            row = {}
+            for key, val in b.items():
+                v = val[r]
+                row[key] = v[keep] if v.dim() == 1 and v.shape[0] == keep.shape[0] else v
+            rows.append(row)
+            if len(rows) == n:
+                return rows
+    return rows
+
+
+def rebatch(calib: Calibration, num_samples: int, batch_size: int) -> Calibration:
+    """Kwon's sample count and mini-batch size from any calibration draw (a prefix; no new randomness).
+
+    The Fisher is a sum over mini-batches of squared mean-gradients, so the mini-batch size is part
+    of the method; the pipeline's calibration batching is not.
+    """
+    from statprune.data.collate import collate
+
+    n = min(num_samples, calib.num_examples)
+    rows = _rows(calib, n)
+    batches = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s : s + batch_size]
+        batch = collate([{k: v for k, v in r.items() if k != "attention_mask"} for r in chunk], 0)
+        batches.append(batch)
+    return Calibration(batches=batches, num_examples=len(rows), indices=list(calib.indices[: len(rows)]))
+
+
+def is_causal_lm(model: torch.nn.Module) -> bool:
+    can = getattr(model, "can_generate", None)
+    return bool(can()) if callable(can) else False
+
+
+def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The loss Kwon et al. differentiate: the task loss, or the LM loss for causal decoders."""
+    inputs = model_inputs(batch, device)
+    labels = batch.get("labels")
+    if is_causal_lm(model):
+        if labels is None or labels.shape != batch["input_ids"].shape:
+            labels = batch["input_ids"].clone()
+            labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        out = model(**inputs, labels=labels.to(device), use_cache=False)
+    else:  # class/regression labels, or a QA head's start/end positions
+        targets = {
+            k: batch[k].to(device) for k in ("labels", "start_positions", "end_positions") if k in batch
+        }
+        if not targets:
+            raise StatpruneError(
+                "kwon needs labelled calibration data for an encoder (the Fisher is taken of the task "
+                "loss); use a classification/regression/QA task"
+            )
+        out = model(**inputs, **targets)
+    if getattr(out, "loss", None) is None:
+        raise StatpruneError("kwon: the model returned no loss for the calibration labels")
+    return out.loss
+
+
+def collect_mask_grads(
+    model: torch.nn.Module, adapter: Adapter, calib: Calibration, *, progress: bool = True
+) -> MaskGrads:
+    """Gradients of the per-mini-batch loss w.r.t. all-ones masks (float32, on the model's device)."""
+    device = adapter.device
+    masks = Masks.ones(adapter, requires_grad=True, device=device)
+    head_g: list[list[torch.Tensor]] = [[] for _ in masks.head]
+    neuron_g: list[list[torch.Tensor]] = [[] for _ in masks.neuron]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad(), MaskHooks(adapter, masks).attached():
+            for batch in tqdm(calib.batches, desc="kwon: fisher", disable=not progress):
+                loss = task_loss(model, batch, device)
+                if not torch.isfinite(loss):
+                    raise StatpruneError(
+                        "kwon: the calibration loss is NaN/inf; check the model dtype and data"
+                    )
+                grads = torch.autograd.grad(loss, [*masks.head, *masks.neuron], allow_unused=True)
+                L = len(masks.head)
+                for i in range(L):
+                    for store, g, m in (
+                        (head_g, grads[i], masks.head[i]),
+                        (neuron_g, grads[L + i], masks.neuron[i]),
+                    ):
+                        store[i].append((torch.zeros_like(m) if g is None else g).detach().float())
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return MaskGrads(head=[torch.stack(g) for g in head_g], neuron=[torch.stack(g) for g in neuron_g])
