@@ -24,22 +24,61 @@ def _rows(split: str) -> list[dict]:
 
 
 if TASK not in TASKS:
-    TASKS.add(TASK, TextTask(name=TASK, kind="classification", num_labels=2, metric_names=("accuracy",),
-                             flops_seq_len=30.0, max_length=48, loader=_rows))
+    TASKS.add(
+        TASK,
+        TextTask(
+            name=TASK,
+            kind="classification",
+            num_labels=2,
+            metric_names=("accuracy",),
+            flops_seq_len=30.0,
+            max_length=48,
+            loader=_rows,
+        ),
+    )
 
 
 def _prune(tmp_path, *extra: str, out: str = "ck") -> int:
-    args = ["prune", "--model", "random:tiny-bert", "--calib-task", TASK, "--calib-size", "16",
-            "--sparsity", "0.4", "--out", str(tmp_path / out), "--batch-size", "8", "--device", "cpu", *extra]
+    args = [
+        "prune",
+        "--model",
+        "random:tiny-bert",
+        "--calib-task",
+        TASK,
+        "--calib-size",
+        "16",
+        "--sparsity",
+        "0.4",
+        "--out",
+        str(tmp_path / out),
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     return main(args)
 
 
 def test_prune_writes_checkpoint_and_report_that_reload(tmp_path):
     assert _prune(tmp_path, "--opt", "progress=false") == 0
     rep = json.loads((tmp_path / "ck" / "prune_report.json").read_text())
-    for key in ("method", "sparsity_target", "sparsity_achieved", "flops_dense", "flops_pruned", "params_dense",
-                "params_pruned", "layers", "calib_size", "seed", "prune_seconds", "peak_memory_bytes",
-                "versions", "git_commit"):
+    for key in (
+        "method",
+        "sparsity_target",
+        "sparsity_achieved",
+        "flops_dense",
+        "flops_pruned",
+        "params_dense",
+        "params_pruned",
+        "layers",
+        "calib_size",
+        "seed",
+        "prune_seconds",
+        "peak_memory_bytes",
+        "versions",
+        "git_commit",
+    ):
         assert key in rep, key
     assert rep["sparsity_achieved"] >= 0.4 and rep["flops_pruned"] < rep["flops_dense"]
     assert rep["calib_size"] == 16 and len(rep["layers"]) == 2
@@ -93,7 +132,23 @@ def test_unsupported_model_type_lists_supported(tmp_path, capsys):
     from statprune.models.shapes import toy_tokenizer
 
     toy_tokenizer(cfg).save_pretrained(d)
-    assert main(["prune", "--model", str(d), "--calib-task", TASK, "--calib-size", "4", "--sparsity", "0.3",
-                 "--out", str(tmp_path / "ck")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(d),
+                "--calib-task",
+                TASK,
+                "--calib-size",
+                "4",
+                "--sparsity",
+                "0.3",
+                "--out",
+                str(tmp_path / "ck"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "gpt2" in err and "bert" in err and "llama" in err
