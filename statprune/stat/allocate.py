@@ -2,10 +2,10 @@
 
 Two rules:
 
-* ``greedy`` (default, the predecessor paper's rule): remove the unit with the smallest increase of
+* ``greedy`` (the predecessor paper's rule): remove the unit with the smallest increase of
   output error per FLOP saved, across all layers and both block types. Error curves are replaced by
   their convex minorant so that the greedy order is a single global sort of marginal ratios.
-* ``paper`` (faithful to the STAT code): the removal budget is split between heads and neurons by a
+* ``paper`` (default: faithful to the STAT code, and measured better on SmolLM2, see the README): the removal budget is split between heads and neurons by a
   fixed share; within each type one global threshold on depth-weighted errors (weight √(L−l+1)+1,
   l = 1…L) picks per-layer counts — neurons by their pivot magnitudes |R_jj|, heads by the error of
   keeping c heads. ``head_share=None`` uses attention's share of the dense FLOPs (0.34 for BERT-base at
