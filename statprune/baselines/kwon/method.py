@@ -16,7 +16,12 @@ Teacher for mask tuning: ``teacher="dense"`` (default) fits every layer to the u
 objective the paper states and the same reference STAT and SliceGPT reconstruct, so the comparison is
 on equal terms. ``teacher="assistant"`` is the released code's variant: the teacher is the model
 masked at √(kept FLOPs fraction) — a milder pruning, searched and rearranged the same way — which is
-closer to the student and can be easier to fit at high sparsity.
+closer to the student and can be easier to fit at high sparsity. Measured (fine-tuned MiniLM-L6,
+movie-sentiment dev accuracy, 512 samples; dense 0.8774): at 30% both tuned variants are within 0.4
+points of dense (dense teacher 0.8764, assistant 0.8805); at 50% rearrange-only 0.8641, dense
+teacher 0.8754, assistant 0.8713. On SmolLM2-135M at 30% (SOTU, 32 × 512 tokens, perplexity on 16
+dev windows; dense 22.9): rearrange-only 70.7, dense teacher 69.6, assistant 67.2. Neither wins
+everywhere; the dense teacher keeps the comparison with STAT on the same reference.
 """
 
 from __future__ import annotations
