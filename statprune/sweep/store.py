@@ -16,7 +16,6 @@ Stale and missing runs are (re)run by the next launch.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from statprune.errors import StatpruneError
+from statprune.io import file_lock as exclusive
 from statprune.io import write_json_atomic as atomic_write_json
 from statprune.sweep import owners
 
@@ -41,20 +41,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # never happens with atomic writes; a hand-edited file reads as absent
-
-
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (blocking): one process at a time, across launches."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def now_iso() -> str:
