@@ -24,6 +24,7 @@ from typing import Any
 
 from statprune.errors import StatpruneError
 from statprune.registry import Registry
+from statprune.sweep import owners
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -332,6 +333,7 @@ class SlurmExecutor(_SubmititExecutor):
         if shutil.which("sbatch") is None:
             raise StatpruneError("--executor slurm: sbatch is not on PATH (is this a SLURM login node?)")
         self.profile = profile
+        self._states: dict[str, owners.SlurmState] | None = {}
         self._executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params: dict[str, Any] = {
             "cpus_per_task": profile.cpus_per_task,
@@ -364,11 +366,15 @@ class SlurmExecutor(_SubmititExecutor):
                 self._got_id(it.key, job.job_id)
 
     def _refresh(self) -> None:
-        if self._jobs:
-            next(iter(self._jobs.values())).watcher.update()  # one sacct for every registered job
+        # our own sacct reading, not submitit's watcher: that one lets an array's range row
+        # ("12_[0-2%2] CANCELLED" after scancel of pending task 2) overwrite the rows of tasks 0 and 1
+        self._states = owners.slurm_states(job.job_id for job in self._jobs.values()) if self._jobs else {}
 
     def _state(self, job: Any) -> str:
-        return str(job.watcher.get_state(job.job_id, mode="cache")).upper()
+        if self._states is None:  # sacct cannot be asked here: fall back to submitit's watcher
+            return str(job.watcher.get_state(job.job_id, mode="standard")).upper()
+        known = self._states.get(job.job_id)
+        return known.state if known else "UNKNOWN"  # not in accounting yet
 
 
 def _cuda_count() -> int:

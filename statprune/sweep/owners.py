@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # Slurm states in which a job may still run (or be requeued and run again).
 ACTIVE_SLURM_STATES = {
@@ -109,8 +109,14 @@ def _expand_array(jobid: str) -> list[str]:
     return out
 
 
-def slurm_states(job_ids: Iterable[str]) -> dict[str, tuple[str, float | None]] | None:
-    """``{job_id: (STATE, submit_epoch)}`` from one sacct call; None when sacct cannot be asked."""
+class SlurmState(NamedTuple):
+    state: str
+    submit: float | None
+    own_row: bool  # False: only the array's range row covers this task
+
+
+def slurm_states(job_ids: Iterable[str]) -> dict[str, SlurmState] | None:
+    """``{job_id: SlurmState}`` from one sacct call; None when sacct cannot be asked."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}
@@ -125,8 +131,14 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, tuple[str, float | None]] 
         return None
     if out.returncode != 0:
         return None
-    states: dict[str, tuple[str, float | None]] = {}
-    for line in out.stdout.splitlines():
+    return _parse_sacct(out.stdout)
+
+
+def _parse_sacct(text: str) -> dict[str, SlurmState]:
+    """A task's own row wins over its array's range row: after ``scancel 12_2`` sacct lists the
+    range ``12_[0-2%2]`` as CANCELLED even though tasks 0 and 1 started and have rows of their own."""
+    states: dict[str, SlurmState] = {}
+    for line in text.splitlines():
         parts = line.split("|")
         if len(parts) < 3:
             continue
@@ -135,8 +147,10 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, tuple[str, float | None]] 
             submit = datetime.fromisoformat(parts[2]).timestamp()
         except ValueError:
             submit = None
+        own = "_[" not in parts[0]
         for jid in _expand_array(parts[0]):
-            states.setdefault(jid, (state, submit))
+            if jid not in states or (own and not states[jid].own_row):
+                states[jid] = SlurmState(state, submit, own)
     return states
 
 
@@ -150,7 +164,7 @@ def holders_alive(locks: Iterable[Mapping[str, Any]]) -> list[tuple[bool, str]]:
     for lk in locks:
         jid = lk.get("slurm_job_id")
         if jid and slurm is not None:
-            state, submit = slurm.get(str(jid), (None, None))
+            state, submit, _ = slurm.get(str(jid), (None, None, False))
             updated = float(lk.get("updated") or 0)
             if state is None:
                 fresh = now - updated < ACCOUNTING_GRACE_S

@@ -124,7 +124,7 @@ def test_scancel_is_detected_and_recorded(slurm_cluster, tmp_path, capsys):
     """scancel a pending array task (the driver sees it in sacct and records it) and a running one
     (the job turns SIGTERM into a ``cancelled`` record); the third run completes."""
     path = tmp_path / "cancel.toml"
-    path.write_text(SLOW.format(study="cancel", sparsities=[0.2, 0.3, 0.4], eval_limit=8))
+    path.write_text(SLOW.format(study="cancel", sparsities=[0.2, 0.3, 0.4], eval_limit=40))
     spec = load_spec(path)
     store = RunStore(tmp_path / "results", spec.study)
     ids = [r.run_id for r in spec.runs()]
@@ -137,7 +137,12 @@ def test_scancel_is_detected_and_recorded(slurm_cluster, tmp_path, capsys):
             out = slurm_cmd("squeue", "-h", "-r", "-j", array, "-o", "%i %T")
             states = dict(line.split() for line in out.splitlines())
             pending = [i for i in ids if states.get(locks[i]) == "PENDING"]
-            running = [i for i in ids if (store.read(i) or {}).get("status") == "running"]
+            # the driver's claim already reads "running"; the job has started once it holds the lock
+            running = [
+                i
+                for i in ids
+                if states.get(locks[i]) == "RUNNING" and (store.read_lock(i) or {}).get("role") == "job"
+            ]
             return (pending[0], running[0]) if pending and running else None
 
         queued, active = wait_for("one pending and one running task", pending_and_running, 120)
@@ -150,8 +155,13 @@ def test_scancel_is_detected_and_recorded(slurm_cluster, tmp_path, capsys):
             "--results",
             str(tmp_path / "results"),
         ]
-        status = subprocess.run([*cmd, "--status"], capture_output=True, text=True, timeout=120).stdout
-        assert f"SLURM job {locks[active]} RUNNING" in status, status
+
+        def status_shows_running():
+            out = subprocess.run([*cmd, "--status"], capture_output=True, text=True, timeout=120).stdout
+            return out if f"SLURM job {locks[active]} RUNNING" in out else None
+
+        # sacct (what --status asks) can trail squeue by a moment after a task starts
+        wait_for("--status to show the running task", status_shows_running, 30, 0.5)
         seconds = {}
         for run_id in (queued, active):
             t = time.monotonic()

@@ -178,6 +178,22 @@ def test_slurm_array_ids_expand():
     assert owners._expand_array("12_4") == ["12_4"]
 
 
+def test_task_row_wins_over_cancelled_array_range():
+    """sacct after ``scancel 37_2``: the range row says CANCELLED for 0-2, but 37_1 has its own row."""
+    text = (
+        "37_0|CANCELLED by 0|2026-11-29T01:06:07\n"
+        "37_[0-2%2]|CANCELLED by 0|2026-11-29T01:06:07\n"
+        "37_1|RUNNING|2026-11-29T01:06:07\n"
+    )
+    states = owners._parse_sacct(text)
+    assert {k: v.state for k, v in states.items()} == {
+        "37_0": "CANCELLED",
+        "37_1": "RUNNING",
+        "37_2": "CANCELLED",
+    }
+    assert states["37_1"].own_row and not states["37_2"].own_row
+
+
 def test_pid_alive_checks_start_time():
     me = os.getpid()
     assert owners.pid_alive(me, owners.proc_start(me))
