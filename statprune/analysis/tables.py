@@ -226,6 +226,16 @@ def _title(frame: pd.DataFrame) -> str:
     return " · ".join(parts)
 
 
+def _calib_phrase(agg: pd.DataFrame, methods: list[tuple[str, str]]) -> str:
+    """``; 512 calibration examples``, or per method where they differ (Kwon at its own 2048)."""
+    per = agg.dropna(subset=["calib_size"]).groupby("method_label")["calib_size"].first().astype(int)
+    if per.empty:
+        return ""
+    common = int(per.mode().iloc[0])
+    others = [f"{method_display(m, b)}: {per[m]}" for m, b in methods if m in per and per[m] != common]
+    return f"; {common} calibration examples" + (f" ({', '.join(others)})" if others else "")
+
+
 # --------------------------------------------------------------------------- the tables
 
 _FACET_KEYS = tuple(k for k in CELL_KEYS if k not in ("method", "method_label", "sparsity"))
@@ -237,7 +247,9 @@ def comparison_table(frame: pd.DataFrame, metric: str | None = None) -> Table:
     ``frame`` holds the runs of one model/task/calibration setting (a :func:`records.load_records`
     frame, filtered); one row per method label, one column per target sparsity, a dense row on top.
     """
-    _require_single(frame, "a comparison table", _FACET_KEYS)
+    _require_single(frame, "a comparison table", tuple(k for k in _FACET_KEYS if k != "calib_size"))
+    for label, runs in frame.groupby("method_label"):
+        _require_single(runs, f"a comparison table ({label})", ("calib_size",))
     metric = metric or primary_metric(frame)
     info = metric_info(metric)
     agg = aggregate(frame)
@@ -261,10 +273,9 @@ def comparison_table(frame: pd.DataFrame, metric: str | None = None) -> Table:
         rows.append(
             [Cell(text=method_display(m, base))] + [body.get((m, s), Cell(text="—")) for s in sparsities]
         )
-    calib = ", ".join(str(int(c)) for c in sorted(agg["calib_size"].dropna().unique()))
     caption = (
-        f"{_metric_phrase(info)}, {_seeds_phrase(frame)}"
-        f"{f'; {calib} calibration examples' if calib else ''}. Columns: target sparsity (fraction of "
+        f"{_metric_phrase(info)}, {_seeds_phrase(frame)}{_calib_phrase(agg, methods)}. "
+        f"Columns: target sparsity (fraction of "
         f"prunable FLOPs removed); in parentheses the achieved sparsity. Bold: best per column."
     )
     return Table(

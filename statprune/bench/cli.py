@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed-batch", type=int, default=32)
     p.add_argument("--speed-seq", type=int, default=128)
     p.add_argument("--gen-tokens", type=int, default=32, help="decoder: tokens generated per latency run")
+    p.add_argument(
+        "--compile-decode", action="store_true", help="decoder: also time the torch.compile'd decode step"
+    )
     p.add_argument("--compare-cpu", action="store_true", help="also prune on the CPU and compare the results")
     p.add_argument("--ceilings", action="store_true", help="measure copy bandwidth and matmul rates first")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON record ('' = none)")
@@ -74,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         speed_batch=args.speed_batch,
         speed_seq=args.speed_seq,
         gen_tokens=args.gen_tokens,
+        compile_decode=args.compile_decode,
         compare_cpu=args.compare_cpu,
         ceilings=args.ceilings,
         out_dir=args.out or None,

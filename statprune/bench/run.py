@@ -47,6 +47,7 @@ class BenchConfig:
     speed_seq: int = 128
     gen_prompt: int = 128
     gen_tokens: int = 32
+    compile_decode: bool = False  # also time the torch.compile'd decode step
     compare_cpu: bool = False
     ceilings: bool = False
     out_dir: str | None = "benchmarks/results"
@@ -195,7 +196,12 @@ def _speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]
     }
     if is_decoder(model.config):
         out["decode"] = decode_latency(
-            model, prompt=cfg.gen_prompt, new_tokens=cfg.gen_tokens, vocab=vocab, device=device
+            model,
+            prompt=cfg.gen_prompt,
+            new_tokens=cfg.gen_tokens,
+            vocab=vocab,
+            device=device,
+            compile=cfg.compile_decode,
         )
     return out
 
@@ -212,6 +218,8 @@ def _speedups(dense: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float 
         d, p = dense["decode"], pruned["decode"]
         out["decode_step"] = ratio(d["step_ms"], p["step_ms"])
         out["decode_step_eager"] = ratio(d["step_eager_ms"], p["step_eager_ms"])
+        out["decode_step_graph"] = ratio(d["step_graph_ms"], p["step_graph_ms"])
+        out["decode_step_compiled"] = ratio(d.get("step_compiled_graph_ms"), p.get("step_compiled_graph_ms"))
         out["generate"] = ratio(d["generate_ms_per_token"], p["generate_ms_per_token"])
     return out
 

@@ -184,6 +184,20 @@ def test_tables_refuse_mixed_settings(lm):
         tables.calib_table(apply_filter(lm, {"model": "smollm2-135m"}))
 
 
+def test_comparison_table_allows_one_calib_size_per_method(tmp_path):
+    """Kwon at its own 2048 examples next to the others at 512: one row each, caption says which."""
+    for path in (DATA / "toy_cls").glob("*.json"):
+        rec = json.loads(path.read_text())
+        if rec["config"]["method"] == "magnitude":
+            rec["config"] = {**rec["config"], "calib_size": 2048}
+        (tmp_path / path.name).write_text(json.dumps(rec))
+    frame = load_records(tmp_path)
+    t = tables.comparison_table(frame)
+    n = int(apply_filter(frame, {"method": "stat"})["calib_size"].iloc[0])
+    assert f"; {n} calibration examples (Magnitude: 2048)." in t.caption
+    assert "| Magnitude | 80.90 ± 0.42 (30.1%) |" in t.to_markdown()
+
+
 def test_latex_escapes():
     assert tables.latex_escape("a_b & 5% #1") == r"a\_b \& 5\% \#1"
 

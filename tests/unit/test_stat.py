@@ -8,6 +8,8 @@ import torch
 from statprune.adapters import get_adapter
 from statprune.flops import prunable_flops, unit_costs
 from statprune.pruner import Target, prune
+from statprune.stat.allocate import BlockCurve
+from statprune.stat.prune import StatOptions, round_neurons
 from tests.unit.tiny import FAMILIES, outputs, random_calibration, rel_err, tiny_model
 
 QUIET = {"progress": False}
@@ -75,7 +77,9 @@ def test_flops_target_met_within_one_unit(family, allocation, sparsity):
     dense = prunable_flops(ad, seq)
     costs = [unit_costs(ad, i, seq) for i in range(ad.num_layers)]
     s = ad.layer_shape(0)
-    biggest_unit = max(max(c.group(s.group_size), c.neuron) for c in costs)
+    multiple = StatOptions().neuron_multiple  # kept neurons come in groups of 8 by default
+    full = [sh.intermediate for sh in ad.shapes()]
+    biggest_unit = max(max(c.group(s.group_size), multiple * c.neuron) for c in costs)
     res = prune(
         model, random_calibration(), Target(sparsity, seq), options={**QUIET, "allocation": allocation}
     )
@@ -83,6 +87,24 @@ def test_flops_target_met_within_one_unit(family, allocation, sparsity):
     assert removed >= sparsity * dense - 1e-6
     assert removed - sparsity * dense < biggest_unit
     assert res.flops_pruned == pytest.approx(prunable_flops(ad, seq))
+    for layer, n in zip(ad.shapes(), full):
+        assert layer.intermediate in (n, *range(multiple)) or layer.intermediate % multiple == 0
+
+
+def test_round_neurons_keeps_the_target_and_gives_back_where_error_drops_most():
+    def curve(layer, errors):
+        return BlockCurve(layer, "neurons", torch.tensor(errors, dtype=torch.float64), unit_flops=1.0)
+
+    # two 24-neuron layers; layer 0's error rises steeply below 16 kept, layer 1's is flat
+    steep = [100.0 - 4 * c for c in range(25)]
+    flat = [10.0 - 0.1 * c for c in range(25)]
+    curves = [curve(0, steep), curve(1, flat)]
+    kept = {(0, "neurons"): 13, (1, "neurons"): 13}  # 22 removed, target 20
+    out = round_neurons(kept, curves, 8, to_remove=20.0)
+    assert out == {(0, "neurons"): 16, (1, "neurons"): 8}  # 8 + 16 = 24 removed ≥ 20
+    assert round_neurons(kept, curves, 8, to_remove=26.0) == {(0, "neurons"): 8, (1, "neurons"): 8}
+    assert round_neurons(kept, curves, 1, to_remove=20.0) == kept
+    assert round_neurons({(0, "neurons"): 5, (1, "neurons"): 24}, curves, 8, 19.0)[(0, "neurons")] == 5
 
 
 def test_same_seed_same_weights_and_gqa_stays_uniform():
