@@ -93,7 +93,7 @@ class StudyRef:
     results_dir: Path
     spec_path: Path
     expected: tuple[tuple[str, str, dict[str, Any]], ...] | None = field(default=None, compare=False)
-    labels: dict[tuple[str, str], str] = field(default_factory=dict, compare=False)
+    labels: dict[tuple[str, str] | str, str] = field(default_factory=dict, compare=False)
 
 
 def resolve_study(spec_path: str | Path, results_root: str | Path | None = None) -> StudyRef:
@@ -132,7 +132,10 @@ def _study_from_sweep(spec_path: Path) -> tuple | None:
         log.warning("%s does not validate as a sweep spec (%s); reading its study name only", spec_path, e)
         return None
     expected = tuple((r.run_id, r.name, r.config.to_dict()) for r in spec.runs())
-    labels = {_options_key(m.name, m.options_dict): m.label for g in spec.grids for m in g.methods}
+    labels: dict[tuple[str, str] | str, str] = {
+        _options_key(m.name, m.options_dict): m.label for g in spec.grids for m in g.methods
+    }
+    labels.update({r.run_id: r.label for r in spec.runs()})  # wins where two labels share options
     root = Path(spec.results_dir) if spec.results_dir else None
     return spec.study, root, expected, labels
 
@@ -227,15 +230,15 @@ def _unreadable_row(path: Path, study: str, why: str) -> dict[str, Any]:
 def load_records(
     folders: Path | str | Iterable[Path | str],
     *,
-    labels: Mapping[tuple[str, str], str] | None = None,
+    labels: Mapping[tuple[str, str] | str, str] | None = None,
     expected: Iterable[tuple[str, str, Mapping[str, Any]]] = (),
 ) -> pd.DataFrame:
     """One row per run record found in ``folders`` (each a ``results/<study>/`` folder).
 
     Unreadable files appear with ``status == "unreadable"``; JSON files that are not run records
     (no ``run_id`` and no ``config``) are skipped. ``expected`` runs ``(run_id, name, config)``
-    without a record are added with ``status == "missing"``. ``labels`` maps ``(method, options
-    JSON)`` to the spec's method label.
+    without a record are added with ``status == "missing"``. ``labels`` maps a run id, or
+    ``(method, options JSON)``, to the spec's method label (the run id first).
     """
     if isinstance(folders, (str, Path)):
         folders = [folders]
@@ -304,16 +307,16 @@ def load_studies(studies: Sequence[StudyRef], *, include_missing: bool = True) -
     return _join_dense_reference(pd.concat(frames, ignore_index=True))
 
 
-def _label_methods(frame: pd.DataFrame, spec_labels: Mapping[tuple[str, str], str]) -> pd.DataFrame:
-    """``method_label``: the spec's label of the (method, options) pair; otherwise the method plus
-    ``[k=v,...]`` for the options that differ between its runs in this frame."""
+def _label_methods(frame: pd.DataFrame, spec_labels: Mapping[tuple[str, str] | str, str]) -> pd.DataFrame:
+    """``method_label``: the spec's label of the run (or of its (method, options) pair); otherwise
+    the method plus ``[k=v,...]`` for the options that differ between its runs in this frame."""
     labels = pd.Series(frame["method"].astype(object), index=frame.index)
     for method, group in frame.groupby("method", dropna=True):
         options = [json.loads(o) if isinstance(o, str) else {} for o in group["method_options"]]
         keys = sorted({k for o in options for k in o})
         varying = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in options}) > 1]
-        for idx, opts in zip(group.index, options):
-            spec_label = spec_labels.get(_options_key(method, opts))
+        for idx, opts, run_id in zip(group.index, options, group["run_id"]):
+            spec_label = spec_labels.get(run_id) or spec_labels.get(_options_key(method, opts))
             if spec_label:
                 labels.loc[idx] = spec_label
             elif varying:

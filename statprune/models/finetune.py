@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from statprune.cache import cache_dir
 from statprune.errors import StatpruneError
+from statprune.io import file_lock
 from statprune.pipeline import DTYPES, resolve_device
 
 REPORT_NAME = "finetune_report.json"
@@ -130,7 +131,7 @@ def finetune(
     if _is_done(out, key):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(out.parent / f".{out.name}.lock"):
+    with file_lock(out.parent / f".{out.name}.lock"):
         if _is_done(out, key):  # another process finished it while we waited
             return out
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -340,17 +341,3 @@ def _transformers_bars(enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` held for the block (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock; the atomic rename still holds
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -174,6 +174,7 @@ class RunSpec:
     run_id: str
     name: str
     config: RunConfig
+    label: str = ""  # the spec's method label (two labels may share a method and options)
 
 
 @dataclass(frozen=True)
@@ -632,7 +633,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
         if rid in seen:
             continue
         seen.add(rid)
-        runs.append(RunSpec(run_id=rid, name=_name(label, cfg, with_task), config=cfg))
+        runs.append(RunSpec(run_id=rid, name=_name(label, cfg, with_task), config=cfg, label=label))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same readable name, different configs: add the id
         counts = {n: names.count(n) for n in names}

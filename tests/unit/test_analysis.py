@@ -125,6 +125,20 @@ def test_method_labels_tell_option_variants_apart(tmp_path):
     assert sorted(frame["method_label"]) == ["stat", "stat-nocorr"]
 
 
+def test_run_labels_tell_apart_entries_with_the_same_options(tmp_path):
+    """kwon and kwon-2048 share method and options; the spec's per-run label keeps them apart."""
+    spec = tmp_path / "two.toml"
+    spec.write_text(
+        'study = "two"\n[[methods]]\nname = "kwon"\n[[methods]]\nname = "kwon"\nlabel = "kwon-2048"\n'
+        '[[grid]]\nmodels = ["random:tiny-bert"]\ntasks = ["movie-sentiment"]\nmethods = ["kwon"]\n'
+        "sparsities = [0.3]\ncalib_sizes = [8]\n"
+        '[[grid]]\nmodels = ["random:tiny-bert"]\ntasks = ["movie-sentiment"]\nmethods = ["kwon-2048"]\n'
+        "sparsities = [0.3]\ncalib_sizes = [16]\n"
+    )
+    frame = load_study(resolve_study(spec, tmp_path))
+    assert dict(zip(frame["calib_size"], frame["method_label"])) == {8: "kwon", 16: "kwon-2048"}
+
+
 def test_filter(cls):
     assert len(apply_filter(cls, {"method": "stat", "sparsity": [0.3, 0.5]})) == 4
     assert len(apply_filter(cls, {"seed": 1})) == 4

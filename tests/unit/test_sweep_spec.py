@@ -199,8 +199,9 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
     ("name", "runs"),
     [
         ("ci_tiny.toml", 8),
-        ("minilm_movie.toml", 144),
+        ("minilm_movie.toml", 48),
         ("smollm2_sotu.toml", 36),
+        ("smollm2_sotu_cpu.toml", 12),
         ("calib_ablation.toml", 111),
     ],
 )
@@ -217,6 +218,8 @@ def test_minilm_movie_shares_one_finetune():
     runs = load_spec(EXPERIMENTS / "minilm_movie.toml").runs()
     assert {finetune_key(r.config) for r in runs} == {finetune_key(runs[0].config)}
     assert finetune_key(runs[0].config) is not None
+    kwon = {(r.label, r.config.calib_size) for r in runs if r.config.method == "kwon"}
+    assert kwon == {("kwon", 512), ("kwon-2048", 2048)}  # Kwon also at its own default sample count
 
 
 def test_cli_malformed_spec_errors_and_submits_nothing(tmp_path, capsys):

@@ -7,10 +7,11 @@ pruned heads and neurons are removed, so the result is a smaller dense stock mod
 Calibration: Kwon uses its own sample count. It takes the first ``min(num_samples, calib size)``
 examples of the calibration draw it is given (a prefix, so no new randomness) and re-batches them in
 mini-batches of ``batch_size`` — the Fisher is a sum over mini-batches of squared mean gradients, so
-the mini-batch size is part of the method. The pipeline therefore draws kwon's calibration with
-``num_samples`` examples (default 2048, the paper's) instead of the ``calib_size`` other methods use;
-a smaller draw caps it (reported as ``samples_used``). Encoders need labels (task loss); decoders
-use the LM loss.
+the mini-batch size is part of the method. ``num_samples`` defaults to 2048 (the paper's) and is
+capped by the run's calibration size (the count used is reported as ``samples_used``): a run at
+``calib_size`` 512 compares all methods on the same 512 examples, and Kwon at its own default is a
+run at ``calib_size`` 2048 (experiments/minilm_movie.toml has both; seeded draws are nested, so the
+2048 draw starts with the 512 one). Encoders need labels (task loss); decoders use the LM loss.
 
 Teacher for mask tuning: ``teacher="dense"`` (default) fits every layer to the unpruned model, the
 objective the paper states and the same reference STAT and SliceGPT reconstruct, so the comparison is
