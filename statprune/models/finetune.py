@@ -339,5 +339,3 @@ def _transformers_bars(enabled: bool) -> Iterator[None]:
     finally:
         if was and not enabled:
             hf_logging.enable_progress_bar()
-
-
