@@ -142,11 +142,15 @@ def test_killed_driver_and_killed_job_resume_without_loss_or_duplicates(tmp_path
     while victim is None:
         assert time.monotonic() < deadline, (tmp_path / "driver1.log").read_text()
         assert first.poll() is None, "the driver finished before anything could be killed"
-        status = {i: (store.read(i) or {}).get("status") for i in ids}
-        locks = [store.read_lock(i) for i in ids if status[i] == "running"]
+        recs = {i: store.read(i) or {} for i in ids}
+        finished = [r["finished"] for r in recs.values() if r.get("status") == "done"]
+        locks = [store.read_lock(i) for i in ids if recs[i].get("status") == "running"]
         jobs = [lk for lk in locks if lk and lk.get("role") == "job"]
-        if jobs and "done" in status.values():
-            victim = jobs[-1]
+        # a job that started after a run finished has most of its run ahead of it (one that started
+        # with the first batch may end before the kill lands on a busy machine)
+        fresh = [lk for lk in jobs if finished and (recs[lk["run_id"]].get("started") or "") >= min(finished)]
+        if fresh:
+            victim = fresh[0]
         time.sleep(0.1)
     os.kill(first.pid, signal.SIGKILL)  # the driver: nobody records what happens next
     os.kill(victim["pid"], signal.SIGKILL)  # one running job (its python process)
