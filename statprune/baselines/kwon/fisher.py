@@ -75,15 +75,19 @@ def is_causal_lm(model: torch.nn.Module) -> bool:
     return bool(can()) if callable(can) else False
 
 
+def _lm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    labels = batch.get("labels")
+    if labels is None or labels.shape != batch["input_ids"].shape:
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+    return labels
+
+
 def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """The loss Kwon et al. differentiate: the task loss, or the LM loss for causal decoders."""
     inputs = model_inputs(batch, device)
-    labels = batch.get("labels")
     if is_causal_lm(model):
-        if labels is None or labels.shape != batch["input_ids"].shape:
-            labels = batch["input_ids"].clone()
-            labels[batch["attention_mask"] == 0] = IGNORE_INDEX
-        out = model(**inputs, labels=labels.to(device), use_cache=False)
+        out = model(**inputs, labels=_lm_labels(batch).to(device), use_cache=False)
     else:  # class/regression labels, or a QA head's start/end positions
         targets = {
             k: batch[k].to(device) for k in ("labels", "start_positions", "end_positions") if k in batch
@@ -99,10 +103,35 @@ def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: to
     return out.loss
 
 
+def _micro_batches(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], max_tokens: int
+) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """Split a mini-batch into pieces of ≤ ``max_tokens`` tokens, each with its weight in the
+    mini-batch's mean loss (its share of the loss terms), so Σ weight·∇loss(piece) = ∇loss(batch)
+    exactly: memory is bounded without changing the per-mini-batch gradient the Fisher squares."""
+    rows, seq = batch["input_ids"].shape
+    per = max(1, max_tokens // max(seq, 1))
+    if per >= rows:
+        return [(batch, 1.0)]
+    pieces = [{k: v[s : s + per] for k, v in batch.items()} for s in range(0, rows, per)]
+    if is_causal_lm(model):  # mean over the predicted tokens (labels shifted by one, as in the loss)
+        counts = [float((_lm_labels(p)[:, 1:] != IGNORE_INDEX).sum()) for p in pieces]
+    else:  # mean over examples
+        counts = [float(p["input_ids"].shape[0]) for p in pieces]
+    total = sum(counts)
+    return [(p, c / total) for p, c in zip(pieces, counts) if c > 0]
+
+
 def collect_mask_grads(
-    model: torch.nn.Module, adapter: Adapter, calib: Calibration, *, progress: bool = True
+    model: torch.nn.Module,
+    adapter: Adapter,
+    calib: Calibration,
+    *,
+    progress: bool = True,
+    max_tokens: int = 4096,
 ) -> MaskGrads:
-    """Gradients of the per-mini-batch loss w.r.t. all-ones masks (float32, on the model's device)."""
+    """Gradients of the per-mini-batch loss w.r.t. all-ones masks (float32, on the model's device);
+    each mini-batch is differentiated in pieces of ≤ ``max_tokens`` tokens (see :func:`_micro_batches`)."""
     device = adapter.device
     masks = Masks.ones(adapter, requires_grad=True, device=device)
     head_g: list[list[torch.Tensor]] = [[] for _ in masks.head]
@@ -113,12 +142,15 @@ def collect_mask_grads(
     try:
         with torch.enable_grad(), MaskHooks(adapter, masks).attached():
             for batch in tqdm(calib.batches, desc="kwon: fisher", disable=not progress):
-                loss = task_loss(model, batch, device)
-                if not torch.isfinite(loss):
-                    raise StatpruneError(
-                        "kwon: the calibration loss is NaN/inf; check the model dtype and data"
-                    )
-                grads = torch.autograd.grad(loss, [*masks.head, *masks.neuron], allow_unused=True)
+                grads: list[torch.Tensor | None] = [None] * (len(masks.head) + len(masks.neuron))
+                for piece, weight in _micro_batches(model, batch, max_tokens):
+                    loss = task_loss(model, piece, device)
+                    if not torch.isfinite(loss):
+                        raise StatpruneError(
+                            "kwon: the calibration loss is NaN/inf; check the model dtype and data"
+                        )
+                    part = torch.autograd.grad(loss * weight, [*masks.head, *masks.neuron], allow_unused=True)
+                    grads = [a if b is None else (b if a is None else a + b) for a, b in zip(grads, part)]
                 L = len(masks.head)
                 for i in range(L):
                     for store, g, m in (

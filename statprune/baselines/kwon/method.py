@@ -52,6 +52,7 @@ class KwonOptions:
     teacher: Literal["dense", "assistant"] = "dense"
     num_samples: int = 2048
     batch_size: int = 32
+    max_tokens: int = 4096  # memory bound: a mini-batch is differentiated in pieces (same gradient)
     damp: float = 1.0
     scale_bound: float = 10.0
     solver: Literal["exact", "lsmr"] = "exact"
@@ -127,12 +128,12 @@ def kwon_prune(
     model, adapter: Adapter, calib: Calibration, target: Target, *, seed: int, options: KwonOptions
 ) -> MethodOutput:
     """Prune ``model`` in place with Kwon et al.'s Fisher/search/rearrange/tune pipeline."""
-    if options.num_samples < 1 or options.batch_size < 1:
-        raise StatpruneError("kwon: num_samples and batch_size must be ≥ 1")
+    if options.num_samples < 1 or options.batch_size < 1 or options.max_tokens < 1:
+        raise StatpruneError("kwon: num_samples, batch_size and max_tokens must be ≥ 1")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     data = rebatch(calib, options.num_samples, options.batch_size)
-    grads = collect_mask_grads(model, adapter, data, progress=options.progress)
+    grads = collect_mask_grads(model, adapter, data, progress=options.progress, max_tokens=options.max_tokens)
     head_g, neuron_g = _group_grads(grads, adapter), grads.neuron
     timings["fisher"] = time.perf_counter() - t
 
