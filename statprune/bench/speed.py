@@ -138,10 +138,15 @@ def decode_latency(
             if hasattr(layer, "cumulative_length"):
                 layer.cumulative_length.fill_(prompt)
 
-    def step() -> Any:
-        logits = model(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
-        pos.add_(1)
-        return logits
+    def step_of(forward: Callable[..., Any]) -> Callable[[], Any]:
+        def step() -> Any:
+            logits = forward(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
+            pos.add_(1)
+            return logits
+
+        return step
+
+    step = step_of(model)
 
     rewind()
     out["step_eager_ms"] = time_fn(step, device, reps=20)
@@ -152,12 +157,7 @@ def decode_latency(
     del replay
     if compile and device.type == "cuda":
         compiled = torch.compile(model, dynamic=False)
-
-        def compiled_step() -> Any:
-            logits = compiled(input_ids=tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
-            pos.add_(1)
-            return logits
-
+        compiled_step = step_of(compiled)
         t0 = time.perf_counter()
         rewind()
         try:
@@ -172,7 +172,7 @@ def decode_latency(
             del replay
         except Exception as e:  # a compiler failure costs this one number, not the benchmark
             out["compile_error"] = f"{type(e).__name__}: {e}"[:500]
-        del compiled
+        del compiled, compiled_step
     steps = ("step_eager_ms", "step_graph_ms", "step_compiled_graph_ms")
     out["step_ms"] = min(out[k] for k in steps if out.get(k) is not None)
     _free(device)

@@ -200,24 +200,19 @@ def measure_curves(
     return curves
 
 
-def flops_to_remove(adapter: Adapter, target: Target) -> float:
-    return target.sparsity * sum(a + f for a, f in _per_layer_flops(adapter, target))
-
-
-def _per_layer_flops(adapter: Adapter, target: Target) -> list[tuple[float, float]]:
-    return [layer_flops(adapter, i, target.seq_len) for i in range(adapter.num_layers)]
-
-
 def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: StatOptions) -> dict:
-    per_layer = _per_layer_flops(adapter, target)
+    """Kept heads and neurons per layer: the allocation rule, then widths in ``neuron_multiple``s."""
+    per_layer = [layer_flops(adapter, i, target.seq_len) for i in range(adapter.num_layers)]
     dense = sum(a + f for a, f in per_layer)
     to_remove = target.sparsity * dense
     if opts.allocation == "greedy":
-        return greedy_allocation(curves, to_remove)
-    share = opts.head_share
-    if share is None:
-        share = sum(a for a, _ in per_layer) / dense
-    return paper_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
+        kept = greedy_allocation(curves, to_remove)
+    else:
+        share = opts.head_share
+        if share is None:
+            share = sum(a for a, _ in per_layer) / dense
+        kept = paper_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
+    return round_neurons(kept, curves, opts.neuron_multiple, to_remove)
 
 
 def round_neurons(kept: dict, curves: list[BlockCurve], multiple: int, to_remove: float) -> dict:
@@ -344,7 +339,6 @@ def stat_prune(
         curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed)
         with timer("allocation"):
             kept = allocate(adapter, curves, target, options)
-            kept = round_neurons(kept, curves, options.neuron_multiple, flops_to_remove(adapter, target))
         with timer("calibration_forward"):
             walk.capture()
         apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)

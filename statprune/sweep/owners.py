@@ -112,7 +112,6 @@ def _expand_array(jobid: str) -> list[str]:
 class SlurmState(NamedTuple):
     state: str
     submit: float | None
-    own_row: bool  # False: only the array's range row covers this task
 
 
 def slurm_states(job_ids: Iterable[str]) -> dict[str, SlurmState] | None:
@@ -137,7 +136,8 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, SlurmState] | None:
 def _parse_sacct(text: str) -> dict[str, SlurmState]:
     """A task's own row wins over its array's range row: after ``scancel 12_2`` sacct lists the
     range ``12_[0-2%2]`` as CANCELLED even though tasks 0 and 1 started and have rows of their own."""
-    states: dict[str, SlurmState] = {}
+    own: dict[str, SlurmState] = {}
+    ranged: dict[str, SlurmState] = {}
     for line in text.splitlines():
         parts = line.split("|")
         if len(parts) < 3:
@@ -147,11 +147,10 @@ def _parse_sacct(text: str) -> dict[str, SlurmState]:
             submit = datetime.fromisoformat(parts[2]).timestamp()
         except ValueError:
             submit = None
-        own = "_[" not in parts[0]
+        rows = ranged if "_[" in parts[0] else own
         for jid in _expand_array(parts[0]):
-            if jid not in states or (own and not states[jid].own_row):
-                states[jid] = SlurmState(state, submit, own)
-    return states
+            rows.setdefault(jid, SlurmState(state, submit))
+    return {**ranged, **own}
 
 
 def holders_alive(locks: Iterable[Mapping[str, Any]]) -> list[tuple[bool, str]]:
@@ -164,7 +163,7 @@ def holders_alive(locks: Iterable[Mapping[str, Any]]) -> list[tuple[bool, str]]:
     for lk in locks:
         jid = lk.get("slurm_job_id")
         if jid and slurm is not None:
-            state, submit, _ = slurm.get(str(jid), (None, None, False))
+            state, submit = slurm.get(str(jid), (None, None))
             updated = float(lk.get("updated") or 0)
             if state is None:
                 fresh = now - updated < ACCOUNTING_GRACE_S
