@@ -4,6 +4,10 @@
 #   benchmarks/gpu_session.sh 2   full Llama-2-7B shape with speedups, then baselines
 #   benchmarks/gpu_session.sh 3   7B with the neuron path exercised (paper allocation, widths rounded
 #                                 to multiples of 8) and the baselines' prune times
+#   benchmarks/gpu_session.sh 4   BERT-base with the default neuron_multiple=8 rounding, Kwon on BERT-base
+#                                 (random labels), the compiled decode step at 7B, a 4-layer Kwon slice
+#   benchmarks/gpu_session.sh 5   compiled forward at BERT-base (default and greedy allocation), Kwon at the
+#                                 full 7B shape, STAT's default at 7B, the compiled decode step for greedy
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -58,6 +62,25 @@ if [[ $PHASE == 3 ]]; then
   step 7b-slicegpt; run 120 $SP $LLAMA --method slicegpt --name llama-2-7b-slicegpt-s0.3
   step 7b-kwon; run 150 $SP $LLAMA --method kwon --opt batch_size=4 --name llama-2-7b-kwon-s0.3
   step bert-magnitude; run 40 $SP $BERT --method magnitude --name bert-base-magnitude-s0.5
+fi
+if [[ $PHASE == 4 ]]; then
+  step environment
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv
+  step bert-base-m8; run 90 $SP $BERT --speed --name bert-base-stat-s0.5-m8round
+  step bert-base-kwon; run 120 $SP $BERT --method kwon --num-labels 2 --opt progress=true --name bert-base-kwon-s0.5
+  step 7b-compiled-decode; run 330 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
+    --batch-size 8 --dtype bfloat16 --speed --compile --name llama-2-7b-stat-s0.3-compiled
+  step 7b-slice-kwon; run 150 $SP $LLAMA --layers 4 --method kwon --opt batch_size=4 --opt progress=true \
+    --name llama-2-7b-L4-kwon-s0.3
+fi
+if [[ $PHASE == 5 ]]; then
+  step bert-base-compiled; run 100 $SP $BERT --speed --compile --name bert-base-stat-s0.5-compiled
+  step bert-base-greedy-compiled; run 100 $SP $BERT --speed --compile --opt allocation=greedy \
+    --name bert-base-stat-s0.5-greedy-compiled
+  step 7b-kwon; run 300 $SP $LLAMA --method kwon --opt batch_size=4 --opt progress=true --name llama-2-7b-kwon-s0.3
+  step 7b-default; run 160 $SP $LLAMA --name llama-2-7b-stat-s0.3-default
+  step 7b-greedy-compiled-decode; run 330 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
+    --batch-size 8 --dtype bfloat16 --speed --compile --opt allocation=greedy --name llama-2-7b-stat-s0.3-greedy-compiled
 fi
 if [[ $PHASE == 1* ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calib-task", default=None, help="real calibration data (a task name) instead of random ids"
     )
+    p.add_argument(
+        "--num-labels",
+        type=int,
+        default=0,
+        help="encoders: add a random N-class head and random labels (for kwon, which needs a task loss)",
+    )
     p.add_argument("--layers", type=int, default=None, help="keep only the first N layers (shape slice)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16")
@@ -43,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed-seq", type=int, default=128)
     p.add_argument("--gen-tokens", type=int, default=32, help="decoder: tokens generated per latency run")
     p.add_argument(
-        "--compile-decode", action="store_true", help="decoder: also time the torch.compile'd decode step"
+        "--compile",
+        action="store_true",
+        help="with --speed: also time the torch.compile'd forward (and decode step), direct and graph-replayed",
     )
     p.add_argument("--compare-cpu", action="store_true", help="also prune on the CPU and compare the results")
     p.add_argument("--ceilings", action="store_true", help="measure copy bandwidth and matmul rates first")
@@ -73,11 +81,12 @@ def _run(args: argparse.Namespace) -> int:
         layers=args.layers,
         flops_seq_len=args.flops_seq_len,
         calib_task=args.calib_task,
+        num_labels=args.num_labels,
         speed=args.speed,
         speed_batch=args.speed_batch,
         speed_seq=args.speed_seq,
         gen_tokens=args.gen_tokens,
-        compile_decode=args.compile_decode,
+        compile=args.compile,
         compare_cpu=args.compare_cpu,
         ceilings=args.ceilings,
         out_dir=args.out or None,

@@ -42,12 +42,13 @@ class BenchConfig:
     layers: int | None = None  # keep only the first `layers` layers (a slice, to extrapolate from)
     flops_seq_len: float | None = None  # FLOPs-model sequence length of the target (default seq_len)
     calib_task: str | None = None  # real calibration data instead of random tokens
+    num_labels: int = 0  # encoders: a random classification head and random labels (task-loss methods)
     speed: bool = False
     speed_batch: int = 32
     speed_seq: int = 128
     gen_prompt: int = 128
     gen_tokens: int = 32
-    compile_decode: bool = False  # also time the torch.compile'd decode step
+    compile: bool = False  # also time the torch.compile'd forward and decode step
     compare_cpu: bool = False
     ceilings: bool = False
     out_dir: str | None = "benchmarks/results"
@@ -65,6 +66,10 @@ class BenchConfig:
                 raise StatpruneError(f"{what} must be positive, got {v}")
         if self.layers is not None and (self.layers <= 0 or not self.model.startswith("random:")):
             raise StatpruneError("--layers takes a positive count and needs a random:<shape> model")
+        if self.num_labels < 0 or (self.num_labels and self.calib_task is not None):
+            raise StatpruneError(
+                "--num-labels takes a count ≥ 0 and is for random calibration (no --calib-task)"
+            )
 
     def record_name(self) -> str:
         if self.name:
@@ -127,40 +132,74 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def _label_task(cfg: BenchConfig) -> Any:
+    """A classification task with no rows: it only gives the model a ``num_labels`` head."""
+    if not cfg.num_labels:
+        return None
+    from statprune.data.tasks import Task
+
+    return Task(
+        name="random-labels",
+        kind="classification",
+        num_labels=cfg.num_labels,
+        metric_names=(),
+        flops_seq_len=cfg.seq_len,
+        max_length=cfg.seq_len,
+        loader=lambda split: [],
+        description="uniform random labels for benchmarking methods that differentiate a task loss",
+    )
+
+
 def build_model(cfg: BenchConfig, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """The model (eval mode, on ``device`` in ``dtype``) and its tokenizer (None for a layer slice)."""
     from statprune.models.load import load_model
 
+    task = _label_task(cfg)
     if cfg.layers is None:
-        return load_model(cfg.model, dtype=dtype, device=str(device))
+        return load_model(cfg.model, task=task, dtype=dtype, device=str(device))
     # A slice of a named shape: the same random build as load_model, with fewer layers.
-    from statprune.models.load import model_class
+    from statprune.models.load import configure_head, model_class
     from statprune.models.shapes import shape_config
 
     config = shape_config(cfg.model.removeprefix("random:"))
     config.num_hidden_layers = cfg.layers
+    configure_head(config, task)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(0)
         with device:
-            model = model_class(config, None).from_config(config, dtype=dtype, attn_implementation="sdpa")
+            model = model_class(config, task).from_config(config, dtype=dtype, attn_implementation="sdpa")
     return model.eval(), None
 
 
-def synthetic_calibration(n: int, seq_len: int, vocab: int, *, batch_size: int, seed: int) -> Calibration:
-    """``n`` sequences of ``seq_len`` uniform random token ids (no padding), in batches."""
+def synthetic_calibration(
+    n: int, seq_len: int, vocab: int, *, batch_size: int, seed: int, num_labels: int = 0
+) -> Calibration:
+    """``n`` sequences of ``seq_len`` uniform random token ids (no padding), in batches; with
+    ``num_labels`` also a uniform random class label per sequence."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (n, seq_len), generator=gen)  # skip the usual special ids 0-2
-    batches = [
-        {"input_ids": ids[s : s + batch_size], "attention_mask": torch.ones_like(ids[s : s + batch_size])}
-        for s in range(0, n, batch_size)
-    ]
+    labels = torch.randint(0, max(num_labels, 1), (n,), generator=gen)
+    batches = []
+    for s in range(0, n, batch_size):
+        batch = {
+            "input_ids": ids[s : s + batch_size],
+            "attention_mask": torch.ones_like(ids[s : s + batch_size]),
+        }
+        if num_labels:
+            batch["labels"] = labels[s : s + batch_size]
+        batches.append(batch)
     return Calibration(batches=batches, num_examples=n, indices=list(range(n)))
 
 
 def _calibration(cfg: BenchConfig, model: Any, tokenizer: Any) -> Calibration:
     if cfg.calib_task is None:
         return synthetic_calibration(
-            cfg.calib, cfg.seq_len, model.config.vocab_size, batch_size=cfg.batch_size, seed=cfg.seed
+            cfg.calib,
+            cfg.seq_len,
+            model.config.vocab_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            num_labels=cfg.num_labels,
         )
     if tokenizer is None:
         raise StatpruneError("--calib-task needs a tokenizer; it cannot be combined with --layers")
@@ -192,7 +231,9 @@ def _speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]
 
     vocab = model.config.vocab_size
     out = {
-        "forward": forward_speed(model, batch=cfg.speed_batch, seq=cfg.speed_seq, vocab=vocab, device=device)
+        "forward": forward_speed(
+            model, batch=cfg.speed_batch, seq=cfg.speed_seq, vocab=vocab, device=device, compile=cfg.compile
+        )
     }
     if is_decoder(model.config):
         out["decode"] = decode_latency(
@@ -201,7 +242,7 @@ def _speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]
             new_tokens=cfg.gen_tokens,
             vocab=vocab,
             device=device,
-            compile=cfg.compile_decode,
+            compile=cfg.compile,
         )
     return out
 
@@ -213,13 +254,21 @@ def _speedups(dense: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float 
     out = {
         "forward": ratio(dense["forward"]["ms"], pruned["forward"]["ms"]),
         "forward_eager": ratio(dense["forward"]["eager_ms"], pruned["forward"]["eager_ms"]),
+        "forward_graph": ratio(dense["forward"]["graph_ms"], pruned["forward"]["graph_ms"]),
+        "forward_compiled": ratio(dense["forward"].get("compiled_ms"), pruned["forward"].get("compiled_ms")),
+        "forward_compiled_graph": ratio(
+            dense["forward"].get("compiled_graph_ms"), pruned["forward"].get("compiled_graph_ms")
+        ),
     }
     if "decode" in dense:
         d, p = dense["decode"], pruned["decode"]
         out["decode_step"] = ratio(d["step_ms"], p["step_ms"])
         out["decode_step_eager"] = ratio(d["step_eager_ms"], p["step_eager_ms"])
         out["decode_step_graph"] = ratio(d["step_graph_ms"], p["step_graph_ms"])
-        out["decode_step_compiled"] = ratio(d.get("step_compiled_graph_ms"), p.get("step_compiled_graph_ms"))
+        out["decode_step_compiled"] = ratio(d.get("step_compiled_ms"), p.get("step_compiled_ms"))
+        out["decode_step_compiled_graph"] = ratio(
+            d.get("step_compiled_graph_ms"), p.get("step_compiled_graph_ms")
+        )
         out["generate"] = ratio(d["generate_ms_per_token"], p["generate_ms_per_token"])
     return out
 

@@ -62,22 +62,36 @@ def graphed(fn: Callable[[], Any], device: torch.device, warmup: int = 3) -> Cal
 
 @torch.no_grad()
 def forward_speed(
-    model: nn.Module, *, batch: int, seq: int, vocab: int, device: torch.device, reps: int = 10, seed: int = 0
+    model: nn.Module,
+    *,
+    batch: int,
+    seq: int,
+    vocab: int,
+    device: torch.device,
+    reps: int = 10,
+    seed: int = 0,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """Forward time of the backbone (no LM/classifier head) on ``batch × seq`` random tokens."""
+    """Forward time of the backbone (no LM/classifier head) on ``batch × seq`` random tokens; with
+    ``compile`` also of the ``torch.compile``'d backbone (see :func:`_time_compiled`)."""
     backbone = getattr(model, "base_model", model)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, seq), generator=gen).to(device)
+    extra = {"use_cache": False} if _is_decoder(model) else {}
 
-    def fn() -> Any:
-        return backbone(input_ids=ids, use_cache=False) if _is_decoder(model) else backbone(input_ids=ids)
+    def forward_of(module: Callable[..., Any]) -> Callable[[], Any]:
+        return lambda: module(input_ids=ids, **extra).last_hidden_state
 
+    fn = forward_of(backbone)
     out: dict[str, Any] = {"batch": batch, "seq": seq, "eager_ms": time_fn(fn, device, reps=reps)}
     replay = graphed(fn, device)
     out["graph_ms"] = time_fn(replay, device, reps=reps) if replay is not None else None
-    out["ms"] = min(v for v in (out["eager_ms"], out["graph_ms"]) if v is not None)
-    out["tokens_per_s"] = batch * seq / (out["ms"] / 1e3)
     del replay
+    if compile:
+        out.update(_time_compiled(fn, forward_of(torch.compile(backbone, dynamic=False)), device, reps=reps))
+    kinds = ("eager_ms", "graph_ms", "compiled_ms", "compiled_graph_ms")
+    out["ms"] = min(out[k] for k in kinds if out.get(k) is not None)
+    out["tokens_per_s"] = batch * seq / (out["ms"] / 1e3)
     _free(device)
     return out
 
@@ -98,8 +112,7 @@ def decode_latency(
 
     ``generate_ms_per_token`` is the stock ``model.generate`` (dynamic cache, eager). ``step_ms`` is
     one decode step (one token, static KV cache at position ``prompt``), eager and graph-replayed;
-    with ``compile`` also the step compiled by ``torch.compile`` (Inductor fuses the norms, rotary
-    and activations into few kernels) and graph-replayed, the way a serving stack runs decode.
+    with ``compile`` also the ``torch.compile``'d step (see :func:`_time_compiled`).
     """
     from transformers import StaticCache
 
@@ -155,28 +168,59 @@ def decode_latency(
     rewind()
     out["step_graph_ms"] = time_fn(replay, device, reps=20) if replay is not None else None
     del replay
-    if compile and device.type == "cuda":
-        compiled = torch.compile(model, dynamic=False)
-        compiled_step = step_of(compiled)
-        t0 = time.perf_counter()
-        rewind()
-        try:
-            for _ in range(3):  # compile (and any recompile for the advancing position) before capture
-                compiled_step()
-            torch.cuda.synchronize(device)
-            out["compile_s"] = time.perf_counter() - t0
-            rewind()
-            replay = graphed(compiled_step, device)
-            rewind()
-            out["step_compiled_graph_ms"] = time_fn(replay, device, reps=20) if replay is not None else None
-            del replay
-        except Exception as e:  # a compiler failure costs this one number, not the benchmark
-            out["compile_error"] = f"{type(e).__name__}: {e}"[:500]
-        del compiled, compiled_step
-    steps = ("step_eager_ms", "step_graph_ms", "step_compiled_graph_ms")
+    if compile:
+        compiled = step_of(torch.compile(model, dynamic=False))
+        out.update(_time_compiled(step, compiled, device, reset=rewind, reps=20, prefix="step_"))
+    steps = ("step_eager_ms", "step_graph_ms", "step_compiled_ms", "step_compiled_graph_ms")
     out["step_ms"] = min(out[k] for k in steps if out.get(k) is not None)
     _free(device)
     return out
+
+
+def _time_compiled(
+    eager: Callable[[], torch.Tensor],
+    compiled: Callable[[], torch.Tensor],
+    device: torch.device,
+    *,
+    reset: Callable[[], None] = lambda: None,
+    reps: int = 10,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """Times (``<prefix>compiled_ms``, ``<prefix>compiled_graph_ms``) of a ``torch.compile``'d
+    function, called directly and graph-replayed, and its output's distance from the eager output on
+    the same input (a compiler that changed the numbers would make the timing meaningless). ``reset`` restores any state a call advances (the decode step's cache).
+
+    Inductor fuses the element-wise work (norms, rotary, activations, residual adds) into few
+    kernels, which is what a serving stack runs; the dense and the pruned model are compiled alike.
+    """
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    try:
+        reset()
+        reference = eager().float()
+        for _ in range(3):  # compile, and any recompile, before timing
+            reset()
+            result = compiled().float()
+        _sync(device)
+        out["compile_s"] = time.perf_counter() - t0
+        out["compiled_max_abs_diff"] = float((result - reference).abs().max())
+        out["output_max_abs"] = float(reference.abs().max())
+        del reference, result
+        reset()
+        out[f"{prefix}compiled_ms"] = time_fn(compiled, device, reps=reps)
+        reset()
+        replay = graphed(compiled, device)
+        reset()
+        out[f"{prefix}compiled_graph_ms"] = time_fn(replay, device, reps=reps) if replay is not None else None
+        del replay
+    except Exception as e:  # a compiler failure costs these numbers, not the benchmark
+        out["compile_error"] = f"{type(e).__name__}: {e}"[:500]
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _is_decoder(model: nn.Module) -> bool:
@@ -186,6 +230,6 @@ def _is_decoder(model: nn.Module) -> bool:
 
 
 def _free(device: torch.device) -> None:
+    _sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()

@@ -75,7 +75,7 @@ def build_random(
 
     config = shape_config(shape)
     cls = model_class(config, task)
-    _configure_head(config, task)
+    configure_head(config, task)
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         torch.manual_seed(0)
@@ -111,7 +111,7 @@ def model_class(config: PretrainedConfig, task: Task | None) -> Any:
     raise StatpruneError(f"no model head for task kind {kind!r}")
 
 
-def _configure_head(config: PretrainedConfig, task: Task | None) -> None:
+def configure_head(config: PretrainedConfig, task: Task | None) -> None:
     """Write the head options a classification/regression task needs into the config."""
     if task is None or task.kind not in ("classification", "regression"):
         return
@@ -150,7 +150,7 @@ def _load_pretrained(
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(source, **hub)
-    _configure_head(config, task)
+    configure_head(config, task)
     cls = model_class(config, task)
     try:
         model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation="sdpa", **hub)

@@ -64,3 +64,35 @@ def test_gpu_path_matches_cpu_path(tmp_path):
     rec = _bench(tmp_path, "--shape", "tiny-llama", "--sparsity", "0.3", "--compare-cpu", device="cuda")
     assert rec["compare_cpu"]["same_kept_units"]
     assert rec["compare_cpu"]["max_rel_weight_diff"] < 1e-3
+
+
+@pytest.mark.slow  # Inductor compiles C++ on CPU (~20 s per model) and needs a compiler toolchain
+def test_compiled_forward_and_decode_step_match_eager():
+    from statprune.bench.speed import decode_latency, forward_speed
+    from statprune.models.load import build_random
+
+    cpu = torch.device("cpu")
+    model, _ = build_random("tiny-llama")
+    out = decode_latency(model, prompt=16, new_tokens=2, vocab=1024, device=cpu, compile=True)
+    assert "compile_error" not in out
+    assert out["compiled_max_abs_diff"] < 1e-4 * max(1.0, out["output_max_abs"])
+    assert out["step_compiled_ms"] > 0 and out["step_compiled_graph_ms"] is None  # graphs only on CUDA
+    assert out["step_ms"] == min(out["step_eager_ms"], out["step_compiled_ms"])
+    encoder, _ = build_random("tiny-bert")
+    fwd = forward_speed(encoder, batch=2, seq=16, vocab=1024, device=cpu, compile=True)
+    assert "compile_error" not in fwd
+    assert fwd["compiled_max_abs_diff"] < 1e-4 * max(1.0, fwd["output_max_abs"])
+    assert fwd["ms"] == min(fwd["eager_ms"], fwd["compiled_ms"])
+
+
+def test_task_loss_method_on_an_encoder_gets_random_labels(tmp_path, capsys):
+    # kwon differentiates a task loss: an encoder needs a head and labels, which --num-labels supplies
+    args = ["--shape", "tiny-bert", "--method", "kwon", "--sparsity", "0.4", "--layers", "2"]
+    assert main(["bench", "--device", "cpu", "--calib", "8", "--seq-len", "24", "--out", "", *args]) == 2
+    assert "labelled" in capsys.readouterr().err
+    rec = _bench(tmp_path, *args, "--num-labels", "3")
+    r = rec["result"]
+    assert 0.4 <= r["sparsity_achieved"] < 0.4 + 0.05
+    assert set(r["timings"]) >= {"fisher", "search", "rearrange", "tune", "weight_update"}
+    assert r["diagnostics"]["samples_used"] == 8
+    assert 0 < r["output_rel_err"] < 1

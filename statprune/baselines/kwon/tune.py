@@ -11,7 +11,8 @@ teacher's, x_T + y_T (for post-LN models that is the LayerNorm input; the LN its
 
 a ridge toward 1 with ``damp = 1`` as in the paper (which solves it with LSMR). A is never formed:
 its normal matrix AᵀA and Aᵀr are streamed over tokens (head Gram ⊙ W_Oᵀ W_O block sums; neuron
-Gram ⊙ W2ᵀW2). The damped problem is then solved exactly by a Cholesky solve of the normal
+Gram ⊙ W2ᵀW2; the Grams are STAT's :class:`~statprune.calibration.Gram`, so bf16 activations on a GPU
+take its exact-product half-precision path). The damped problem is then solved exactly by a Cholesky solve of the normal
 equations (AᵀA + damp²I) δ = Aᵀr (default), or with scipy's LSMR on the equivalent square-root system R δ ≈ R⁻ᵀAᵀr, RᵀR = AᵀA, which
 has the same solution but needs thousands of iterations on ill-conditioned FFN problems (minutes
 per layer at d_ff = 1536). A sub-block keeps its 0/1 mask if the solve fails or a scale leaves
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from statprune.adapters import Adapter
 from statprune.baselines.kwon.masks import MaskHooks, Masks
-from statprune.calibration import Calibration, LayerWalk
+from statprune.calibration import Calibration, Gram, LayerWalk
 
 
 class _Stop(Exception):
@@ -183,7 +184,7 @@ def tune_masks(
             dims = (kept[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1).to(W.device)
             WK = W[:, dims]  # d × |K|·hd
             M = WK.T @ WK
-            G = torch.zeros_like(M)
+            gram = Gram(len(dims), W.device)
             Atr = torch.zeros(len(kept), dtype=torch.float64, device=W.device)
             rr = 0.0
             caps = {"y": (o_proj, "out"), "c": (o_proj, "in")}
@@ -192,21 +193,21 @@ def tune_masks(
                 tgt = _flat(t_hidden[b], mask) + _flat(run.got["y"], mask)
                 run(i, b, walk.hidden[b], scales, caps, stop_at=o_proj)
                 r = tgt - _flat(walk.hidden[b], mask) - _flat(run.got["y"], mask)
+                gram(run.got["c"][..., dims], mask)
                 C = _flat(run.got["c"], mask)[:, dims]
-                G += C.T @ C
                 Atr += (C * (r @ WK)).reshape(-1, len(kept), hd).sum((0, 2))
                 rr += float(r.pow(2).sum())
-            AtA = (G * M).reshape(len(kept), hd, len(kept), hd).sum((1, 3))
+            AtA = (gram.G * M).reshape(len(kept), hd, len(kept), hd).sum((1, 3))
             delta, fit = solve_scales(AtA, Atr, rr, damp=damp, bound=bound, solver=solver)
             report.attention.append(fit)
             if delta is not None:
                 scales.head[i][kept.to(scales.head[i].device)] += delta.to(scales.head[i])
-            del G, M, WK
+            del gram, M, WK
             # --- FFN -------------------------------------------------------------------------
             keptn = torch.nonzero(scales.neuron[i] != 0).flatten().to(down.weight.device)
             W2 = down.weight.detach().double()[:, keptn]
             M = W2.T @ W2
-            G = torch.zeros_like(M)
+            gram = Gram(len(keptn), W2.device)
             Atr = torch.zeros(len(keptn), dtype=torch.float64, device=W2.device)
             rr = 0.0
             if adapter.pre_norm:  # FFN residual = layer input + attention output
@@ -225,15 +226,15 @@ def tune_masks(
                 tgt = residual(t_hidden[b], mask) + _flat(run.got["y"], mask)
                 run(i, b, walk.hidden[b], scales, caps, stop_at=down)
                 r = tgt - residual(walk.hidden[b], mask) - _flat(run.got["y"], mask)
+                gram(run.got["z"][..., keptn], mask)
                 Z = _flat(run.got["z"], mask)[:, keptn]
-                G += Z.T @ Z
                 Atr += (Z * (r @ W2)).sum(0)
                 rr += float(r.pow(2).sum())
-            delta, fit = solve_scales(G * M, Atr, rr, damp=damp, bound=bound, solver=solver)
+            delta, fit = solve_scales(gram.G * M, Atr, rr, damp=damp, bound=bound, solver=solver)
             report.ffn.append(fit)
             if delta is not None:
                 scales.neuron[i][keptn.to(scales.neuron[i].device)] += delta.to(scales.neuron[i])
-            del G, M, W2
+            del gram, M, W2
             # --- advance both streams ----------------------------------------------------------
             s_next = [run(i, b, walk.hidden[b], scales, {}).detach() for b in range(len(walk.hidden))]
             t_hidden, walk.hidden = t_next, s_next
