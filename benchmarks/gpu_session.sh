@@ -8,6 +8,8 @@
 #                                 (random labels), the compiled decode step at 7B, a 4-layer Kwon slice
 #   benchmarks/gpu_session.sh 5   compiled forward at BERT-base (default and greedy allocation), Kwon at the
 #                                 full 7B shape, STAT's default at 7B, the compiled decode step for greedy
+#   benchmarks/gpu_session.sh 6   the compiled 7B decode step and BERT-base forward with Inductor freezing
+#                                 (q/k/v and gate/up GEMMs concatenated)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -81,6 +83,11 @@ if [[ $PHASE == 5 ]]; then
   step 7b-default; run 160 $SP $LLAMA --name llama-2-7b-stat-s0.3-default
   step 7b-greedy-compiled-decode; run 330 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
     --batch-size 8 --dtype bfloat16 --speed --compile --opt allocation=greedy --name llama-2-7b-stat-s0.3-greedy-compiled
+fi
+if [[ $PHASE == 6 ]]; then
+  step 7b-frozen-decode; run 380 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
+    --batch-size 8 --dtype bfloat16 --speed --compile --freeze --name llama-2-7b-stat-s0.3-compiled-frozen
+  step bert-base-frozen; run 100 $SP $BERT --speed --compile --freeze --name bert-base-stat-s0.5-compiled-frozen
 fi
 if [[ $PHASE == 1* ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

@@ -53,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --speed: also time the torch.compile'd forward (and decode step), direct and graph-replayed",
     )
+    p.add_argument(
+        "--freeze",
+        action="store_true",
+        help="with --compile: Inductor freezing (same-input GEMMs such as q/k/v and gate/up fused into one)",
+    )
     p.add_argument("--compare-cpu", action="store_true", help="also prune on the CPU and compare the results")
     p.add_argument("--ceilings", action="store_true", help="measure copy bandwidth and matmul rates first")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON record ('' = none)")
@@ -87,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         speed_seq=args.speed_seq,
         gen_tokens=args.gen_tokens,
         compile=args.compile,
+        freeze=args.freeze,
         compare_cpu=args.compare_cpu,
         ceilings=args.ceilings,
         out_dir=args.out or None,

@@ -49,6 +49,7 @@ class BenchConfig:
     gen_prompt: int = 128
     gen_tokens: int = 32
     compile: bool = False  # also time the torch.compile'd forward and decode step
+    freeze: bool = False  # with compile: Inductor freezing (weights as constants, same-input GEMMs fused)
     compare_cpu: bool = False
     ceilings: bool = False
     out_dir: str | None = "benchmarks/results"
@@ -66,6 +67,8 @@ class BenchConfig:
                 raise StatpruneError(f"{what} must be positive, got {v}")
         if self.layers is not None and (self.layers <= 0 or not self.model.startswith("random:")):
             raise StatpruneError("--layers takes a positive count and needs a random:<shape> model")
+        if self.freeze and not self.compile:
+            raise StatpruneError("--freeze applies to the compiled model: add --compile")
         if self.num_labels < 0 or (self.num_labels and self.calib_task is not None):
             raise StatpruneError(
                 "--num-labels takes a count ≥ 0 and is for random calibration (no --calib-task)"
@@ -226,6 +229,18 @@ def _method_options(cfg: BenchConfig, **extra: Any) -> dict[str, Any]:
 
 
 def _speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
+    """Speed of ``model``; with ``cfg.freeze`` Inductor compiles with freezing, which treats the
+    weights as constants and concatenates the GEMMs that share an input (q/k/v, gate/up) into one:
+    fewer kernels per layer, the same stock modules."""
+    if not (cfg.compile and cfg.freeze):
+        return _measure_speed(model, cfg, device)
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        return _measure_speed(model, cfg, device)
+
+
+def _measure_speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
     from statprune.bench.speed import decode_latency, forward_speed
     from statprune.models.load import is_decoder
 
