@@ -56,6 +56,8 @@ def test_layer_slice_and_bad_input(tmp_path, capsys):
     assert main(["bench", "--model", "minilm-l6", "--layers", "2", "--device", "cpu"]) == 2
     assert main(["bench", "--shape", "tiny-bert", "--sparsity", "1.5", "--device", "cpu", "--out", ""]) == 2
     assert "sparsity" in capsys.readouterr().err
+    assert main(["bench", "--shape", "tiny-bert", "--speed", "--freeze", "--device", "cpu", "--out", ""]) == 2
+    assert "--compile" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
