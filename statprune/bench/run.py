@@ -10,6 +10,7 @@ on the target device in the target dtype (``random:<shape>`` never touches host 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import platform
@@ -232,59 +233,67 @@ def _speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]
     """Speed of ``model``; with ``cfg.freeze`` Inductor compiles with freezing, which treats the
     weights as constants and concatenates the GEMMs that share an input (q/k/v, gate/up) into one:
     fewer kernels per layer, the same stock modules."""
-    if not (cfg.compile and cfg.freeze):
-        return _measure_speed(model, cfg, device)
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(freezing=True):
-        return _measure_speed(model, cfg, device)
-
-
-def _measure_speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
     from statprune.bench.speed import decode_latency, forward_speed
     from statprune.models.load import is_decoder
 
+    if cfg.compile and cfg.freeze:
+        import torch._inductor.config as inductor_config
+
+        freezing: Any = inductor_config.patch(freezing=True)
+    else:
+        freezing = contextlib.nullcontext()
     vocab = model.config.vocab_size
-    out = {
-        "forward": forward_speed(
-            model, batch=cfg.speed_batch, seq=cfg.speed_seq, vocab=vocab, device=device, compile=cfg.compile
-        )
-    }
-    if is_decoder(model.config):
-        out["decode"] = decode_latency(
-            model,
-            prompt=cfg.gen_prompt,
-            new_tokens=cfg.gen_tokens,
-            vocab=vocab,
-            device=device,
-            compile=cfg.compile,
-        )
+    with freezing:
+        out = {
+            "forward": forward_speed(
+                model,
+                batch=cfg.speed_batch,
+                seq=cfg.speed_seq,
+                vocab=vocab,
+                device=device,
+                compile=cfg.compile,
+            )
+        }
+        if is_decoder(model.config):
+            out["decode"] = decode_latency(
+                model,
+                prompt=cfg.gen_prompt,
+                new_tokens=cfg.gen_tokens,
+                vocab=vocab,
+                device=device,
+                compile=cfg.compile,
+            )
     return out
 
 
+# speedup name -> timing key, for the forward and the decode record
+_FORWARD_SPEEDUPS = {
+    "forward": "ms",
+    "forward_eager": "eager_ms",
+    "forward_graph": "graph_ms",
+    "forward_compiled": "compiled_ms",
+    "forward_compiled_graph": "compiled_graph_ms",
+}
+_DECODE_SPEEDUPS = {
+    "decode_step": "step_ms",
+    "decode_step_eager": "step_eager_ms",
+    "decode_step_graph": "step_graph_ms",
+    "decode_step_compiled": "step_compiled_ms",
+    "decode_step_compiled_graph": "step_compiled_graph_ms",
+    "generate": "generate_ms_per_token",
+}
+
+
 def _speedups(dense: dict[str, Any], pruned: dict[str, Any]) -> dict[str, float | None]:
-    def ratio(a: float | None, b: float | None) -> float | None:
+    """dense/pruned time per timing that both sides have (None where one is missing)."""
+
+    def ratio(part: str, key: str) -> float | None:
+        a, b = dense[part].get(key), pruned[part].get(key)
         return a / b if a and b else None
 
-    out = {
-        "forward": ratio(dense["forward"]["ms"], pruned["forward"]["ms"]),
-        "forward_eager": ratio(dense["forward"]["eager_ms"], pruned["forward"]["eager_ms"]),
-        "forward_graph": ratio(dense["forward"]["graph_ms"], pruned["forward"]["graph_ms"]),
-        "forward_compiled": ratio(dense["forward"].get("compiled_ms"), pruned["forward"].get("compiled_ms")),
-        "forward_compiled_graph": ratio(
-            dense["forward"].get("compiled_graph_ms"), pruned["forward"].get("compiled_graph_ms")
-        ),
-    }
+    out = {name: ratio("forward", key) for name, key in _FORWARD_SPEEDUPS.items()}
     if "decode" in dense:
-        d, p = dense["decode"], pruned["decode"]
-        out["decode_step"] = ratio(d["step_ms"], p["step_ms"])
-        out["decode_step_eager"] = ratio(d["step_eager_ms"], p["step_eager_ms"])
-        out["decode_step_graph"] = ratio(d["step_graph_ms"], p["step_graph_ms"])
-        out["decode_step_compiled"] = ratio(d.get("step_compiled_ms"), p.get("step_compiled_ms"))
-        out["decode_step_compiled_graph"] = ratio(
-            d.get("step_compiled_graph_ms"), p.get("step_compiled_graph_ms")
-        )
-        out["generate"] = ratio(d["generate_ms_per_token"], p["generate_ms_per_token"])
+        out.update({name: ratio("decode", key) for name, key in _DECODE_SPEEDUPS.items()})
     return out
 
 

@@ -188,7 +188,8 @@ def _time_compiled(
 ) -> dict[str, Any]:
     """Times (``<prefix>compiled_ms``, ``<prefix>compiled_graph_ms``) of a ``torch.compile``'d
     function, called directly and graph-replayed, and its output's distance from the eager output on
-    the same input (a compiler that changed the numbers would make the timing meaningless). ``reset`` restores any state a call advances (the decode step's cache).
+    the same input (a compiler that changed the numbers would make the timing meaningless).
+    ``reset`` restores any state a call advances (the decode step's cache).
 
     Inductor fuses the element-wise work (norms, rotary, activations, residual adds) into few
     kernels, which is what a serving stack runs; the dense and the pruned model are compiled alike.

@@ -193,8 +193,9 @@ def tune_masks(
                 tgt = _flat(t_hidden[b], mask) + _flat(run.got["y"], mask)
                 run(i, b, walk.hidden[b], scales, caps, stop_at=o_proj)
                 r = tgt - _flat(walk.hidden[b], mask) - _flat(run.got["y"], mask)
-                gram(run.got["c"][..., dims], mask)
-                C = _flat(run.got["c"], mask)[:, dims]
+                c = run.got["c"][..., dims]  # kept heads' columns, gathered once
+                gram(c, mask)
+                C = _flat(c, mask)
                 Atr += (C * (r @ WK)).reshape(-1, len(kept), hd).sum((0, 2))
                 rr += float(r.pow(2).sum())
             AtA = (gram.G * M).reshape(len(kept), hd, len(kept), hd).sum((1, 3))
@@ -226,8 +227,9 @@ def tune_masks(
                 tgt = residual(t_hidden[b], mask) + _flat(run.got["y"], mask)
                 run(i, b, walk.hidden[b], scales, caps, stop_at=down)
                 r = tgt - residual(walk.hidden[b], mask) - _flat(run.got["y"], mask)
-                gram(run.got["z"][..., keptn], mask)
-                Z = _flat(run.got["z"], mask)[:, keptn]
+                z = run.got["z"][..., keptn]  # kept neurons, gathered once
+                gram(z, mask)
+                Z = _flat(z, mask)
                 Atr += (Z * (r @ W2)).sum(0)
                 rr += float(r.pow(2).sum())
             delta, fit = solve_scales(gram.G * M, Atr, rr, damp=damp, bound=bound, solver=solver)
