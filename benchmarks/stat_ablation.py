@@ -126,7 +126,7 @@ def main() -> None:
             timer = _Timer(ad.device)
             t0 = time.perf_counter()
             with torch.no_grad():
-                kept = allocate(ad, curves, Target(s, seq_len), opts)
+                kept = allocate(ad, curves, Target(s, seq_len, f_dense), opts)
                 walk = LayerWalk(ad, calib)
                 apply_pruning(ad, walk, kept, opts, timer, False)
             apply_s = time.perf_counter() - t0

@@ -30,10 +30,30 @@ from statprune.seeding import seed_everything
 
 @dataclass(frozen=True)
 class Target:
-    """Remove ``sparsity`` of the prunable FLOPs, measured at sequence length ``seq_len``."""
+    """Remove ``sparsity`` of the prunable FLOPs, measured at sequence length ``seq_len``.
+
+    ``flops_dense`` is the dense model's prunable FLOPs at ``seq_len``: :func:`prune` computes it once
+    with the shared FLOPs model and hands every method the completed target, so no method recomputes
+    the budget (and all methods are held to the same one).
+    """
 
     sparsity: float
     seq_len: float
+    flops_dense: float | None = None
+
+    @property
+    def dense(self) -> float:
+        if self.flops_dense is None:
+            raise StatpruneError("Target has no dense FLOPs: methods are run through statprune.pruner.prune")
+        return self.flops_dense
+
+    @property
+    def flops_to_remove(self) -> float:
+        return self.sparsity * self.dense
+
+    @property
+    def flops_to_keep(self) -> float:
+        return (1.0 - self.sparsity) * self.dense
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -177,6 +197,7 @@ def prune(
     opts = parse_options(cls, options or {})
     adapter = adapter or get_adapter(model)
     dense = cost_report(adapter, target.seq_len)
+    target = dataclasses.replace(target, flops_dense=dense.flops)
     shapes_dense = adapter.shapes()
     device = adapter.device
     if device.type == "cuda":

@@ -17,7 +17,7 @@ Heads and neurons are in different units, so every score is divided by the mean 
 (over the whole model, or per layer with ``normalize="layer"``): a unit is compared with its peers,
 and "half as large as the average head" ranks like "half as large as the average neuron". Units are
 then removed globally in ascending normalised score until the FLOPs target is met (within one unit),
-by :func:`statprune.stat.allocate.greedy_allocation` on per-block curves whose increments are
+by :func:`statprune.allocation.greedy_allocation` on per-block curves whose increments are
 score × unit FLOPs — so the greedy ratio (increment per FLOP) is exactly the normalised score. Every
 block keeps at least one unit (a stock attention layer needs a head). No correction.
 """
@@ -31,10 +31,10 @@ from typing import Literal
 import torch
 
 from statprune.adapters import Adapter, LayerShape
+from statprune.allocation import BlockCurve, greedy_allocation
 from statprune.calibration import Calibration
-from statprune.flops import layer_flops, unit_costs
+from statprune.flops import unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
-from statprune.stat.allocate import BlockCurve, greedy_allocation
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,7 @@ def magnitude_prune(
             c, order = _curve(i, kind, s, f)
             curves.append(c)
             orders[(i, kind)] = order
-    dense = sum(sum(layer_flops(adapter, i, target.seq_len)) for i in range(L))
-    kept = greedy_allocation(curves, target.sparsity * dense)
+    kept = greedy_allocation(curves, target.flops_to_remove)
     t1 = time.perf_counter()
     for i in range(L):
         units = heads[i][0]

@@ -34,11 +34,12 @@ import torch
 from tqdm.auto import tqdm
 
 from statprune.adapters import Adapter
+from statprune.allocation import BlockCurve, greedy_allocation, round_neurons
 from statprune.calibration import Calibration, Gram, LayerWalk
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
-from statprune.stat.allocate import BlockCurve, greedy_allocation, paper_allocation
+from statprune.stat.allocate import paper_allocation
 from statprune.stat.heads import head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
@@ -202,51 +203,16 @@ def measure_curves(
 
 def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: StatOptions) -> dict:
     """Kept heads and neurons per layer: the allocation rule, then widths in ``neuron_multiple``s."""
-    per_layer = [layer_flops(adapter, i, target.seq_len) for i in range(adapter.num_layers)]
-    dense = sum(a + f for a, f in per_layer)
-    to_remove = target.sparsity * dense
+    to_remove = target.flops_to_remove
     if opts.allocation == "greedy":
         kept = greedy_allocation(curves, to_remove)
     else:
         share = opts.head_share
         if share is None:
-            share = sum(a for a, _ in per_layer) / dense
+            attention = sum(layer_flops(adapter, i, target.seq_len)[0] for i in range(adapter.num_layers))
+            share = attention / target.dense
         kept = paper_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
     return round_neurons(kept, curves, opts.neuron_multiple, to_remove)
-
-
-def round_neurons(kept: dict, curves: list[BlockCurve], multiple: int, to_remove: float) -> dict:
-    """Kept neuron counts as multiples of ``multiple`` with the FLOPs target still met.
-
-    Every pruned FFN goes down to a multiple (a layer keeping fewer than ``multiple`` stays as is);
-    then groups of ``multiple`` neurons are given back, largest error reduction first, while the
-    removed FLOPs stay at or above ``to_remove``. So the target is met within one group, and the
-    error stays close to the unrounded allocation's (not a blanket round-down).
-    """
-    if multiple <= 1:
-        return kept
-    by_key = {(c.layer, c.kind): c for c in curves}
-    out = dict(kept)
-    removed = sum((c.n_units - kept[k]) * c.unit_flops for k, c in by_key.items())
-    rounded = []
-    for k, c in by_key.items():
-        n = kept[k]
-        if c.kind == "neurons" and multiple <= n < c.n_units and n % multiple:
-            out[k] = n // multiple * multiple
-            removed += (n - out[k]) * c.unit_flops
-            rounded.append(k)
-
-    def gain(k: tuple[int, str]) -> float:
-        c = by_key[k]
-        return float(c.errors[out[k]] - c.errors[min(out[k] + multiple, c.n_units)]) / c.unit_flops
-
-    for k in sorted(rounded, key=lambda k: (-gain(k), k)):
-        c = by_key[k]
-        up = min(out[k] + multiple, c.n_units)
-        if removed - (up - out[k]) * c.unit_flops >= to_remove:
-            removed -= (up - out[k]) * c.unit_flops
-            out[k] = up
-    return out
 
 
 def apply_pruning(

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from statprune.adapters import get_adapter
+from statprune.allocation import BlockCurve, round_neurons
 from statprune.flops import prunable_flops, unit_costs
 from statprune.pruner import Target, prune
-from statprune.stat.allocate import BlockCurve
-from statprune.stat.prune import StatOptions, round_neurons
+from statprune.stat.prune import StatOptions
 from tests.unit.tiny import FAMILIES, outputs, random_calibration, rel_err, tiny_model
 
 QUIET = {"progress": False}

@@ -42,7 +42,7 @@ from statprune.baselines.kwon.search import Selection, search
 from statprune.baselines.kwon.tune import tune_masks
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
-from statprune.flops import prunable_flops, unit_costs
+from statprune.flops import unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
 
 
@@ -138,9 +138,7 @@ def kwon_prune(
     timings["fisher"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dense = prunable_flops(adapter, target.seq_len)
-    keep = (1.0 - target.sparsity) * dense
-    sel = select(adapter, head_g, neuron_g, keep, target.seq_len, rearranged=False)
+    sel = select(adapter, head_g, neuron_g, target.flops_to_keep, target.seq_len, rearranged=False)
     timings["search"] = time.perf_counter() - t
     diagnostics: dict = {
         "samples_used": data.num_examples,
@@ -168,7 +166,7 @@ def kwon_prune(
                 adapter,
                 head_g,
                 neuron_g,
-                math.sqrt(1.0 - target.sparsity) * dense,
+                math.sqrt(1.0 - target.sparsity) * target.dense,
                 target.seq_len,
                 rearranged=True,
             )

@@ -35,7 +35,6 @@ from statprune.baselines.slicegpt.rotate import rotate_and_slice_padded, slice_m
 from statprune.baselines.slicegpt.shortcuts import set_shortcut
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
-from statprune.flops import prunable_flops
 from statprune.pruner import MethodOutput, Target, register_method
 
 RESTORE_HOOK = "statprune.baselines.slicegpt.method:restore_slicegpt"
@@ -67,7 +66,7 @@ def sliced_flops(adapter: Adapter, k: int, seq_len: float) -> float:
 
 def hidden_for_target(adapter: Adapter, target: Target) -> int:
     """Largest multiple of 8 whose sliced FLOPs do not exceed the target's kept FLOPs (bisection)."""
-    keep = (1.0 - target.sparsity) * prunable_flops(adapter, target.seq_len)
+    keep = target.flops_to_keep
     lo, hi = 1, adapter.hidden_size // WIDTH  # in units of 8
     if sliced_flops(adapter, WIDTH * lo, target.seq_len) > keep:
         raise StatpruneError(
