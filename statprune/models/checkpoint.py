@@ -91,8 +91,9 @@ def load_pruned(path: Path, *, dtype: torch.dtype | None = None, device: str | t
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
         raise StatpruneError(f"{path}: unknown architecture {arch!r} in config.json")
-    with _skip_init():
-        model = cls(config)
+    # Built where it will run, in its dtype: a 7B checkpoint never takes a float32 copy in host memory.
+    with _skip_init(), torch.device(device):
+        model = cls._from_config(config, dtype=dtype) if dtype is not None else cls(config)
     adapter = get_adapter(model)
     adapter.set_shapes([LayerShape(**s) for s in config.statprune_shapes])
     for hook in getattr(config, "statprune_restore", None) or []:
