@@ -204,7 +204,9 @@ def run_prune(
     if model is None:
         with timer("load"):
             say(f"load {job.model} ({job.dtype}, {device})")
-            model, tokenizer = load_model(job.model, task=task, dtype=resolve_dtype(job.dtype), device=str(device))
+            model, tokenizer = load_model(
+                job.model, task=task, dtype=resolve_dtype(job.dtype), device=str(device)
+            )
     data: dict[str, Any] = {}
     if calib is None:
         if job.calib_task is None:

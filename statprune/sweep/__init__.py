@@ -10,7 +10,8 @@
 See docs/SWEEPS.md.
 """
 
-from statprune.sweep.spec import RunConfig, RunSpec, SweepSpec, expand, load_spec, parse_spec
+from statprune.sweep.config import RunConfig, RunSpec, SweepSpec, expand
+from statprune.sweep.spec import load_spec, parse_spec
 from statprune.sweep.store import RunStore
 
 __all__ = ["RunConfig", "RunSpec", "RunStore", "SweepSpec", "expand", "load_spec", "parse_spec"]
