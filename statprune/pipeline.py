@@ -172,6 +172,7 @@ class PruneRun:
     tokenizer: Any
     result: PruneResult
     calib: Calibration
+    target: Target
     data: dict[str, Any]  # {"calibration": data_record(...)} (empty for caller-supplied calibration)
     device: torch.device
 
@@ -229,16 +230,16 @@ def run_prune(
             f"calibration: {calib.num_examples} examples, {calib.num_tokens} tokens "
             f"from {job.calib_task}/{job.calib_split}"
         )
-    seq_len = flops_seq_len(task, job.max_length, job.seq_len)
+    target = Target(job.sparsity, flops_seq_len(task, job.max_length, job.seq_len))
     with timer("prune"):
-        say(f"prune: {job.method} to sparsity {job.sparsity} at seq_len {seq_len}")
+        say(f"prune: {job.method} to sparsity {job.sparsity} at seq_len {target.seq_len:g}")
         result = prune(
             model,
             calib,
-            Target(job.sparsity, seq_len),
+            target,
             method=job.method,
             seed=job.seed,
             options={**(extra_options or {}), **job.options},
             adapter=adapter,
         )
-    return PruneRun(model, tokenizer, result, calib, data, device)
+    return PruneRun(model, tokenizer, result, calib, target, data, device)

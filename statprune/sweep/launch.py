@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from statprune.sweep import owners
+from statprune.sweep.config import RunSpec, SweepSpec, finetune_key
 from statprune.sweep.executors import ClusterProfile, Item, Outcome, make_executor
 from statprune.sweep.run import RunJob, RunTask, finetune_stage_job
-from statprune.sweep.config import RunSpec, SweepSpec, finetune_key
 from statprune.sweep.store import FINAL, RunState, RunStore, now_iso
 from statprune.sweep.tracking import TrackingConfig
 
