@@ -350,12 +350,6 @@ def primary_metric(frame: pd.DataFrame) -> str:
     return sorted(have)[0]
 
 
-def dense_reference(frame: pd.DataFrame) -> pd.DataFrame:
-    """Dense metrics per (model, task), one row each."""
-    cols = [c for c in frame if c.startswith("dense.")]
-    return frame.groupby(["model", "task"], dropna=False)[cols].first().reset_index()
-
-
 def apply_filter(frame: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:
     """Rows whose column ``k`` equals ``v`` (or is in ``v`` when it is a list), for every item."""
     if not where:

@@ -80,10 +80,6 @@ def counts(rows: Sequence[PlanRow]) -> dict[str, int]:
     return {k: c.get(k, 0) for k in ("done", "running", "failed", "cancelled", "stale", "missing")}
 
 
-def status(store: RunStore, runs: Sequence[RunSpec]) -> list[PlanRow]:
-    return plan(store, runs)
-
-
 # ---- launching -----------------------------------------------------------------------------------
 
 
