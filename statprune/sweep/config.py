@@ -56,7 +56,7 @@ def _thaw_value(v: Any) -> Any:
 class Settings:
     """Fixed settings shared by the runs of a grid (top-level ``[settings]``, overridable per grid)."""
 
-    seq_len: int | None = None  # FLOPs target sequence length; None = the task's flops_seq_len
+    seq_len: int | None = None  # FLOPs target sequence length; None = pipeline.flops_seq_len rule
     max_length: int | None = None  # truncation (LM: window) for calibration and evaluation; None = task's
     batch_size: int = DEFAULT_BATCH_SIZE  # calibration batch size
     eval_batch_size: int = 32

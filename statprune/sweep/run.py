@@ -5,7 +5,7 @@ so it must be importable from the installed package. A run first claims its lock
 :mod:`statprune.sweep.store`); a run someone else holds is not run twice. Any exception inside the
 run becomes a ``failed`` record with the traceback: a sweep never stops for one bad run.
 
-The dense model's metrics are cached per (model, fine-tune, task, split, length, batch, dtype) under
+The dense model's metrics are cached per (model, fine-tune, task, data hash, split, length, batch, dtype) under
 ``<results>/.dense/`` behind a file lock, so a hundred runs of one model evaluate it once; the
 fine-tuned checkpoint is cached by :func:`statprune.models.finetune.finetune` and trained under a
 file lock, so two runs never train the same fine-tune.
@@ -266,6 +266,8 @@ def dense_metrics(cfg: RunConfig, results_root: Path, evaluate_dense: Any) -> tu
 
     Concurrent jobs needing the same entry wait on a file lock instead of evaluating twice.
     """
+    from statprune.data import get_task
+
     key = {
         "model": cfg.model,
         "finetune": thaw(cfg.finetune),
@@ -275,6 +277,7 @@ def dense_metrics(cfg: RunConfig, results_root: Path, evaluate_dense: Any) -> tu
         "max_length": cfg.max_length,
         "batch_size": cfg.eval_batch_size,
         "dtype": cfg.dtype,
+        "data_sha256": get_task(cfg.task).provenance().get("content_sha256"),  # changed data: evaluate again
         "statprune": __version__,  # a release may change data preparation: never reuse across versions
     }
     h = _key_hash(key)
