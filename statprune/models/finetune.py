@@ -88,11 +88,21 @@ def finetune_key(model_spec: str, task_name: str, config: FinetuneConfig) -> str
     payload = {
         "model": _normalize_spec(model_spec),
         "task": task_name,
-        "data_sha256": get_task(task_name).provenance().get("content_sha256"),
+        "data_sha256": data_sha256(get_task(task_name)),
         "config": config.to_dict(),
         "statprune": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_sha256(task: Any) -> str | None:
+    """The content hash of the task's data; a hub dataset not yet in the local cache is loaded first,
+    so the key is the same before and after the first download."""
+    digest = task.provenance().get("content_sha256")
+    if digest is None and task.provenance().get("source") == "hub":
+        task.examples("train")
+        digest = task.provenance().get("content_sha256")
+    return digest
 
 
 def finetuned_path(model_spec: str, task_name: str, config: FinetuneConfig = FinetuneConfig()) -> Path:

@@ -102,7 +102,9 @@ def test_prune_sweep_and_bench_run_the_same_job(tmp_path: Path, wikitext_dir: Pa
     assert sweep["data"]["calibration"] == calib == bench["data"]["calibration"]
 
 
-def test_records_of_a_local_folder_carry_its_path_and_content_hash(tmp_path: Path, wikitext_dir: Path) -> None:
+def test_records_of_a_local_folder_carry_its_path_and_content_hash(
+    tmp_path: Path, wikitext_dir: Path
+) -> None:
     cli = _cli_prune(tmp_path)
     data = cli["data"]["calibration"]
     assert data["source"] == "local" and data["path"] == str(wikitext_dir.resolve())
