@@ -28,17 +28,19 @@ from statprune.flops import prunable_flops
 from statprune.io import write_json_atomic
 from statprune.models.finetune import finetune
 from statprune.models.load import load_model
-from statprune.pipeline import calibration_for
+from statprune.pipeline import DEFAULT_BATCH_SIZE, calibration_for, data_record, flops_seq_len
 from statprune.provenance import provenance
 from statprune.pruner import Target, parse_options
 from statprune.stat.prune import StatOptions, _Timer, allocate, apply_pruning, measure_curves
 
+# every variant names its allocation rule: a variant must not change meaning when a default does
 VARIANTS = {
-    "greedy": {},
+    "greedy": {"allocation": "greedy"},
     "paper": {"allocation": "paper"},
-    "greedy, no correction": {"correction": False},
+    "greedy, no correction": {"allocation": "greedy", "correction": False},
     "paper, no correction": {"allocation": "paper", "correction": False},
-    "greedy, no repropagation": {"repropagate": False},
+    "greedy, no repropagation": {"allocation": "greedy", "repropagate": False},
+    "paper, no repropagation": {"allocation": "paper", "repropagate": False},
 }
 SETUPS = {
     "minilm": {"model": "minilm-l6", "task": "movie-sentiment", "metric": "accuracy", "finetune": True},
@@ -88,8 +90,10 @@ def main() -> None:
     spec = str(finetune(setup["model"], setup["task"])) if setup["finetune"] else setup["model"]
     dense, tok = load_model(spec, task=task)
     max_length = args.max_length or task.max_length
-    calib = calibration_for(task, tok, args.calib_size, args.seed, max_length=max_length, batch_size=16)
-    seq_len = float(max_length) if task.kind == "lm" else task.flops_seq_len
+    calib = calibration_for(
+        task, tok, args.calib_size, args.seed, max_length=max_length, batch_size=DEFAULT_BATCH_SIZE
+    )
+    seq_len = flops_seq_len(task, args.max_length)  # the pipeline's rule, as every entry point
     t0 = time.perf_counter()
     dense_metrics = evaluate(dense, tok, task, "test", max_length=max_length)
     rows = [
@@ -151,6 +155,7 @@ def main() -> None:
                     "setup": setup,
                     "args": vars(args),
                     "calib_tokens": calib.num_tokens,
+                    "data": {"calibration": data_record(task, "train", calib)},
                     "seq_len": seq_len,
                     "rows": rows,
                     **provenance(),

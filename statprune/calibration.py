@@ -14,8 +14,8 @@ states at one layer boundary only (inputs and outputs of the current layer), in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 import torch
@@ -196,10 +196,6 @@ class LayerWalk:
         """Squared Frobenius norm of the current hidden states over real tokens."""
         return float(sum(self._load(h)[m].double().pow(2).sum() for h, m in zip(self.hidden, self.masks)))
 
-    def nbytes(self) -> int:
-        """Bytes of one copy of the stored hidden states (the walk holds up to two)."""
-        return sum(h.numel() * h.element_size() for h in self.hidden)
-
 
 class Gram:
     """Streaming XᵀX over real (non-padding) tokens, accumulated in ``dtype`` (float64 by default).
@@ -255,14 +251,3 @@ def _half_gram(rows: torch.Tensor, G: torch.Tensor) -> bool:
         except (RuntimeError, TypeError):
             _HALF_GRAM_OK = False
     return _HALF_GRAM_OK
-
-
-@contextmanager
-def no_grad_eval(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was)

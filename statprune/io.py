@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,3 +55,21 @@ def file_lock(path: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def load_toml(path: str | Path, *, what: str = "TOML file", hint: str = "") -> dict[str, Any]:
+    """The one TOML reader: a missing file or a syntax error is a StatpruneError naming ``what``."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    from statprune.errors import StatpruneError
+
+    p = Path(path)
+    if not p.is_file():
+        raise StatpruneError(f"{what} not found: {p}{hint}")
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise StatpruneError(f"{p}: not valid TOML: {e}") from None

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +40,7 @@ import pandas as pd
 
 from statprune.analysis.records import StudyRef, apply_filter, load_studies, resolve_study, status_counts
 from statprune.errors import StatpruneError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from statprune.io import load_toml
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +132,7 @@ def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None
 def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> Manifest:
     """Read and check the manifest; errors name the item and key."""
     path = Path(path)
-    if not path.is_file():
-        raise StatpruneError(f"figure manifest {path} not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise StatpruneError(f"{path}: not valid TOML: {e}") from None
+    raw = load_toml(path, what="figure manifest")
     _check_keys(str(path), raw, {"defaults", "figure", "table"})
     defaults = raw.get("defaults", {})
     _check_keys(f"{path} [defaults]", defaults, DEFAULT_KEYS)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,7 @@ import pandas as pd
 
 from statprune.analysis.style import PRIMARY_METRICS
 from statprune.errors import StatpruneError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from statprune.io import load_toml
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +117,8 @@ def _options_key(method: str, options: Mapping[str, Any] | None) -> tuple[str, s
 
 
 def _study_from_sweep(spec_path: Path) -> tuple | None:
-    try:
-        from statprune.sweep.spec import load_spec
-    except ImportError:
-        return None
+    from statprune.sweep.spec import load_spec
+
     try:
         spec = load_spec(spec_path)
     except StatpruneError as e:
@@ -141,10 +134,7 @@ def _study_from_sweep(spec_path: Path) -> tuple | None:
 
 
 def _study_from_toml(spec_path: Path) -> tuple:
-    try:
-        data = tomllib.loads(spec_path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise StatpruneError(f"sweep spec {spec_path}: {e}") from None
+    data = load_toml(spec_path, what="sweep spec")
     name = data.get("study")
     if not isinstance(name, str) or not name:
         raise StatpruneError(f"sweep spec {spec_path} has no top-level 'study' name")
@@ -358,12 +348,6 @@ def primary_metric(frame: pd.DataFrame) -> str:
         if m in have:
             return m
     return sorted(have)[0]
-
-
-def dense_reference(frame: pd.DataFrame) -> pd.DataFrame:
-    """Dense metrics per (model, task), one row each."""
-    cols = [c for c in frame if c.startswith("dense.")]
-    return frame.groupby(["model", "task"], dropna=False)[cols].first().reset_index()
 
 
 def apply_filter(frame: pd.DataFrame, where: Mapping[str, Any] | None) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 Example (Llama-2-7B shape on one GPU)::
 
-    statprune bench --shape llama-2-7b --method stat --sparsity 0.3 --calib 128 --seq-len 2048 \\
+    statprune bench --shape llama-2-7b --method stat --sparsity 0.3 --calib-size 128 --seq-len 2048 \\
         --device cuda --dtype bfloat16 --speed
 """
 
@@ -10,26 +10,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from statprune.errors import StatpruneError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from statprune.commands.prune import HelpFormatter
+    from statprune.pipeline import DEFAULT_BATCH_SIZE
+
     p = sub.add_parser(
         "bench",
         help="time pruning at a model shape (stages, memory, speed of the pruned model)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--shape", help="a named shape (random weights), e.g. bert-base, llama-2-7b")
     src.add_argument("--model", help="any model spec: alias, local dir, hub id, random:<shape>")
-    p.add_argument("--method", default="stat")
+    p.add_argument("--method", default="stat", help="pruning method")
     p.add_argument("--sparsity", type=float, default=0.3, help="fraction of prunable FLOPs to remove")
-    p.add_argument("--calib", type=int, default=128, help="calibration sequences")
+    p.add_argument("--calib-size", type=int, default=128, help="calibration sequences")
+    p.add_argument(
+        "--calib", type=int, dest="calib_deprecated", default=None, help="deprecated spelling of --calib-size"
+    )
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per calibration sequence")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration sequences per forward batch")
-    p.add_argument("--flops-seq-len", type=float, default=None, help="FLOPs-model length (default --seq-len)")
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="calibration sequences per forward batch"
+    )
+    p.add_argument(
+        "--flops-seq-len",
+        type=float,
+        default=None,
+        help="FLOPs-model length override (None: --seq-len, capped at the task's mean for non-LM tasks)",
+    )
     p.add_argument(
         "--calib-task", default=None, help="real calibration data (a task name) instead of random ids"
     )
@@ -42,11 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=None, help="keep only the first N layers (shape slice)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="bfloat16", help="float32, bfloat16 or float16")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw and the method")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
     p.add_argument("--speed", action="store_true", help="measure dense vs pruned inference speed")
-    p.add_argument("--speed-batch", type=int, default=32)
-    p.add_argument("--speed-seq", type=int, default=128)
+    p.add_argument("--speed-batch", type=int, default=32, help="batch of the forward-speed measurement")
+    p.add_argument(
+        "--speed-seq", type=int, default=128, help="sequence length of the forward-speed measurement"
+    )
     p.add_argument("--gen-tokens", type=int, default=32, help="decoder: tokens generated per latency run")
     p.add_argument(
         "--compile",
@@ -61,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-cpu", action="store_true", help="also prune on the CPU and compare the results")
     p.add_argument("--ceilings", action="store_true", help="measure copy bandwidth and matmul rates first")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON record ('' = none)")
-    p.add_argument("--name", default=None, help="record name (default: from the configuration)")
+    p.add_argument("--name", default=None, help="record name (None: from the configuration)")
     p.add_argument("--json", action="store_true", help="print the whole record instead of the table")
     p.set_defaults(func=_run)
 
@@ -70,13 +86,16 @@ def _run(args: argparse.Namespace) -> int:
     from statprune.bench.run import BenchConfig, format_table, run_bench
     from statprune.commands.prune import parse_kv
 
+    if args.calib_deprecated is not None:
+        print("statprune bench: --calib is deprecated; use --calib-size", file=sys.stderr)
+        args.calib_size = args.calib_deprecated
     if args.layers is not None and args.model and not args.model.startswith("random:"):
         raise StatpruneError("--layers needs --shape (or --model random:<shape>)")
     cfg = BenchConfig(
         model=args.model or f"random:{args.shape}",
         method=args.method,
         sparsity=args.sparsity,
-        calib=args.calib,
+        calib_size=args.calib_size,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         device=args.device,

@@ -1,7 +1,7 @@
 """One benchmark run: build a model, calibrate, prune with per-stage timings, measure speed; one record.
 
 The record (JSON, ``<out_dir>/<name>.json``) holds the configuration, the machine, every stage time
-(model build, calibration build, and the method's own stages: for STAT ``calibration_forward``,
+(model build, calibration, and the method's own stages: for STAT ``calibration_forward``,
 ``gram``, ``factorization``, ``allocation``, ``weight_update``), the wall time of the pruning, peak
 device memory, achieved sparsity, and, on request, the pruned model's speed against the dense one
 (``speed``) and the agreement of the GPU and CPU paths (``compare_cpu``). Models are built directly
@@ -24,6 +24,7 @@ import torch
 
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
+from statprune.pipeline import DEFAULT_BATCH_SIZE, PruneJob
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,15 @@ class BenchConfig:
     model: str
     method: str = "stat"
     sparsity: float = 0.3
-    calib: int = 128
-    seq_len: int = 2048
-    batch_size: int = 8
+    calib_size: int = 128
+    seq_len: int = 2048  # tokens per calibration sequence (the job's max_length)
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "auto"
     dtype: str = "bfloat16"
     seed: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
     layers: int | None = None  # keep only the first `layers` layers (a slice, to extrapolate from)
-    flops_seq_len: float | None = None  # FLOPs-model sequence length of the target (default seq_len)
+    flops_seq_len: float | None = None  # FLOPs-length override (default: pipeline.flops_seq_len)
     calib_task: str | None = None  # real calibration data instead of random tokens
     num_labels: int = 0  # encoders: a random classification head and random labels (task-loss methods)
     speed: bool = False
@@ -56,16 +57,25 @@ class BenchConfig:
     out_dir: str | None = "benchmarks/results"
     name: str | None = None
 
-    def validate(self) -> None:
-        from statprune.pipeline import resolve_dtype
-        from statprune.pruner import Target, method_options
+    def prune_job(self) -> PruneJob:
+        """The pruning part of the benchmark as the pipeline's job (random tokens: no calib task)."""
+        return PruneJob(
+            model=self.model,
+            method=self.method,
+            sparsity=self.sparsity,
+            calib_task=self.calib_task,
+            calib_size=self.calib_size,
+            seed=self.seed,
+            options=self.options,
+            max_length=self.seq_len,
+            batch_size=self.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+            seq_len=self.flops_seq_len,
+        )
 
-        Target(self.sparsity, 1.0)
-        method_options(self.method, self.options)
-        resolve_dtype(self.dtype)
-        for what, v in (("calib", self.calib), ("seq_len", self.seq_len), ("batch_size", self.batch_size)):
-            if v <= 0:
-                raise StatpruneError(f"{what} must be positive, got {v}")
+    def validate(self) -> None:
+        self.prune_job().validate()
         if self.layers is not None and (self.layers <= 0 or not self.model.startswith("random:")):
             raise StatpruneError("--layers takes a positive count and needs a random:<shape> model")
         if self.freeze and not self.compile:
@@ -81,38 +91,7 @@ class BenchConfig:
         base = self.model.removeprefix("random:").replace("/", "_")
         if self.layers is not None:
             base += f"-L{self.layers}"
-        return f"{base}-{self.method}-s{self.sparsity:g}-{self.calib}x{self.seq_len}-{self.dtype}"
-
-
-class _Stages:
-    """Wall-clock stage timer that synchronises the device at both ends."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str) -> _StageCtx:
-        return _StageCtx(self, name)
-
-
-class _StageCtx:
-    def __init__(self, stages: _Stages, name: str) -> None:
-        self.stages, self.name = stages, name
-
-    def __enter__(self) -> None:
-        _sync(self.stages.device)
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        _sync(self.stages.device)
-        self.stages.seconds[self.name] = (
-            self.stages.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0
-        )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return f"{base}-{self.method}-s{self.sparsity:g}-{self.calib_size}x{self.seq_len}-{self.dtype}"
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -195,38 +174,29 @@ def synthetic_calibration(
     return Calibration(batches=batches, num_examples=n, indices=list(range(n)))
 
 
-def _calibration(cfg: BenchConfig, model: Any, tokenizer: Any) -> Calibration:
-    if cfg.calib_task is None:
-        return synthetic_calibration(
-            cfg.calib,
-            cfg.seq_len,
-            model.config.vocab_size,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            num_labels=cfg.num_labels,
-        )
-    if tokenizer is None:
-        raise StatpruneError("--calib-task needs a tokenizer; it cannot be combined with --layers")
-    from statprune.data.tasks import get_task
-    from statprune.pipeline import calibration_for
-
-    return calibration_for(
-        get_task(cfg.calib_task),
-        tokenizer,
-        cfg.calib,
-        cfg.seed,
-        max_length=cfg.seq_len,
+def _calibration(cfg: BenchConfig, model: Any, tokenizer: Any) -> Calibration | None:
+    """Random-token calibration; None with a calibration task (the pipeline draws it)."""
+    if cfg.calib_task is not None:
+        if tokenizer is None:
+            raise StatpruneError("--calib-task needs a tokenizer; it cannot be combined with --layers")
+        return None
+    return synthetic_calibration(
+        cfg.calib_size,
+        cfg.seq_len,
+        model.config.vocab_size,
         batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        num_labels=cfg.num_labels,
     )
 
 
 def _method_options(cfg: BenchConfig, **extra: Any) -> dict[str, Any]:
-    """User options plus ``extra`` where the method has such a field (progress bars off, profiling on)."""
+    """The ``extra`` options the method has a field for (progress bars off, profiling on)."""
     from statprune.pruner import load_methods
 
     _, cls = load_methods().get(cfg.method)
     names = {f.name for f in dataclasses.fields(cls)}
-    return {**{k: v for k, v in extra.items() if k in names}, **cfg.options}
+    return {k: v for k, v in extra.items() if k in names}
 
 
 def _speed(model: Any, cfg: BenchConfig, device: torch.device) -> dict[str, Any]:
@@ -332,15 +302,17 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the benchmark described by ``cfg``; returns the record (and writes it when ``out_dir``)."""
     from statprune.adapters import get_adapter
     from statprune.flops import cost_report
-    from statprune.pipeline import resolve_dtype
+    from statprune.pipeline import run_prune
     from statprune.provenance import provenance
-    from statprune.pruner import Target, prune
-    from statprune.stat.prune import resolve_device
+    from statprune.pruner import prune
+    from statprune.runtime import resolve_device, resolve_dtype
+    from statprune.timing import StageTimer
 
     cfg.validate()
-    device = resolve_device(cfg.device, torch.device("cpu"))
+    job = cfg.prune_job()
+    device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype)
-    stages = _Stages(device)
+    stages = StageTimer(device)
     record: dict[str, Any] = {"config": {**dataclasses.asdict(cfg), "options": dict(cfg.options)}}
     record["environment"] = environment(device)
     if cfg.ceilings:
@@ -351,7 +323,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     t_all = time.perf_counter()
     with stages("model_build"):
         model, tokenizer = build_model(cfg, device, dtype)
-    with stages("calibration_build"):
+    with stages("calibration"):
         calib = _calibration(cfg, model, tokenizer)
     adapter = get_adapter(model)
     if cfg.speed:
@@ -361,20 +333,26 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     # held-out random tokens (another seed) for the pruned model's output error against the dense one
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1)
     eval_ids = torch.randint(
-        3, model.config.vocab_size, (min(8, cfg.calib), min(cfg.seq_len, 512)), generator=eval_gen
+        3, model.config.vocab_size, (min(8, cfg.calib_size), min(cfg.seq_len, 512)), generator=eval_gen
     ).to(device)
     dense_out = model_output(model, eval_ids)
     dense_speed_costs = cost_report(adapter, cfg.speed_seq)
-    target = Target(cfg.sparsity, float(cfg.flops_seq_len or cfg.seq_len))
-    options = _method_options(cfg, progress=False, profile=True)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    with stages("prune"):
-        result = prune(
-            model, calib, target, method=cfg.method, seed=cfg.seed, options=options, adapter=adapter
-        )
-    res = result.to_dict()
+    run = run_prune(
+        job,
+        model=model,
+        tokenizer=tokenizer,
+        calib=calib,
+        timer=stages,
+        extra_options=_method_options(cfg, progress=False, profile=True),
+        adapter=adapter,
+    )
+    calib, target = run.calib, run.target
+    res = run.result.to_dict()
+    if run.data:
+        record["data"] = run.data
     record["result"] = {
         k: res[k]
         for k in (
@@ -414,7 +392,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         }
     if cpu_model is not None:
         with stages("compare_cpu"):
-            cpu_opts = _method_options(cfg, progress=False, device="cpu")
+            cpu_opts = {**_method_options(cfg, progress=False, device="cpu"), **cfg.options}
             cpu_result = prune(cpu_model, calib, target, method=cfg.method, seed=cfg.seed, options=cpu_opts)
             cmp = compare_models(cpu_model, model)
             cmp["same_kept_units"] = cpu_result.diagnostics.get("kept_units") == res["diagnostics"].get(
@@ -423,7 +401,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             cmp["cpu_prune_seconds"] = cpu_result.prune_seconds
             cmp["cpu_timings"] = cpu_result.timings
             record["compare_cpu"] = cmp
-    record["stages"] = stages.seconds
+    record["stages"] = stages.totals
     record["wall_seconds"] = time.perf_counter() - t_all
     record["provenance"] = provenance()
     if cfg.out_dir:
@@ -441,7 +419,8 @@ def format_table(record: dict[str, Any]) -> str:
     cfg = record["config"]
     lines = [
         f"{cfg['model']} {cfg['method']} sparsity {cfg['sparsity']:g} "
-        f"calib {cfg['calib']}x{cfg['seq_len']} {cfg['dtype']} on {record['environment'].get('gpu', 'cpu')}",
+        f"calib {cfg.get('calib_size', cfg.get('calib'))}x{cfg['seq_len']} {cfg['dtype']} on "
+        f"{record['environment'].get('gpu', 'cpu')}",
         f"  {'stage':24s} {'seconds':>9s}",
     ]
     for k, v in record["stages"].items():

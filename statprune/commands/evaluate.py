@@ -8,27 +8,30 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from statprune.commands.prune import HelpFormatter
+
     p = sub.add_parser(
         "evaluate",
         help="score a model on a task split (accuracy/F1, correlations or perplexity)",
         description="Example: statprune evaluate --model runs/minilm-stat-40 --task movie-sentiment "
         "--split test --json runs/minilm-stat-40/eval.json",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--model", required=True, help="alias, local dir (incl. pruned checkpoints), hub id, random:<shape>"
     )
-    p.add_argument("--task", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--task", required=True, help="task to score on (statprune assets list shows the data)")
     p.add_argument(
-        "--max-length", type=int, default=None, help="truncation / LM window (default: the task's)"
+        "--split", default="test", help="split to score (train, dev, test; aliases validation/val)"
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=32, help="evaluation examples per batch")
+    p.add_argument("--max-length", type=int, default=None, help="truncation / LM window (None: the task's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when visible)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument(
         "--json", default=None, metavar="OUT", help="also write the result record here (atomically)"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
 
@@ -39,8 +42,9 @@ def _run(args: argparse.Namespace) -> int:
     from statprune.evaluation.evaluate import SUPPORTED_KINDS
     from statprune.io import write_json_atomic
     from statprune.models import load_model
-    from statprune.pipeline import resolve_device, resolve_dtype
+    from statprune.pipeline import data_record
     from statprune.provenance import provenance
+    from statprune.runtime import resolve_device, resolve_dtype
 
     if args.batch_size < 1:
         raise StatpruneError(f"--batch-size must be ≥ 1, got {args.batch_size}")
@@ -77,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
                 "device": str(device),
                 "dtype": args.dtype,
             },
+            "data": {"evaluation": data_record(task, split)},
             "timings": {"load_seconds": t1 - t0, "eval_seconds": eval_seconds},
             **provenance(),
         }

@@ -20,19 +20,23 @@ _CONFIG_FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from statprune.commands.prune import HelpFormatter
+
     p = sub.add_parser(
         "finetune",
         help="fine-tune an encoder on a task; prints the (cached) checkpoint folder",
         description="Example: statprune finetune --model minilm-l6 --task movie-sentiment. The checkpoint "
-        "is cached by (model, task, config, version): asking again returns it without training.",
+        "is cached by (model, task, data content hash, config, version): asking again returns it "
+        "without training; changed data trains again.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True, help="alias, local dir, hub id, or random:<shape>")
     p.add_argument("--task", required=True, help="a classification or regression task")
-    p.add_argument("--out", default=None, help="checkpoint folder (default: the cache, by config hash)")
+    p.add_argument("--out", default=None, help="checkpoint folder (None: the cache, by key hash)")
     for name, (typ, help_) in _CONFIG_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when visible)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
 

@@ -52,12 +52,24 @@ def summary_table(frame: pandas.DataFrame) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from statprune.analysis.records import load_study, resolve_study
-    from statprune.cli import main
+    import sys
 
-    rc = main(["sweep", str(args.spec), "--executor", "inline", "--results", str(args.results)])
-    if rc != 0:
-        return rc
-    rc = main(["report", str(args.spec), "--results", str(args.results)])
+    from statprune.analysis.records import load_study, resolve_study
+    from statprune.analysis.report import build_report
+    from statprune.sweep.launch import LaunchOptions, launch
+    from statprune.sweep.spec import load_spec
+    from statprune.sweep.store import RunStore
+
+    spec = load_spec(args.spec)
+    store = RunStore(args.results, spec.study)
+    runs = spec.runs()
+    final = launch(spec, store, runs, LaunchOptions(executor="inline")).final
+    print(f"{spec.study}: " + ", ".join(f"{k} {v}" for k, v in final.items()) + f"  ({store.dir})")
+    if final.get("done", 0) != len(runs):
+        return 1
+    rep = build_report(args.spec, results_root=args.results)
+    sys.stdout.write(rep.markdown)
+    for path in rep.paths:
+        print(f"wrote {path}", file=sys.stderr)
     print("\n" + summary_table(load_study(resolve_study(args.spec, args.results))))
-    return rc
+    return 0

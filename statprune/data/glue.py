@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statprune.data.hub import HubSource, first_column, load_split
+from statprune.data.hub import HubSource, first_column, load_split, source_provenance
 from statprune.data.tasks import TASKS, Row, TaskKind, TextTask
 from statprune.errors import StatpruneError
 
@@ -203,6 +203,7 @@ def glue_task(
         loader=loader,
         splits=tuple(s for s, _ in spec.splits),
         description=description or spec.description,
+        origin=functools.partial(source_provenance, base, spec.source, data_dir),
     )
 
 

@@ -301,6 +301,18 @@ def load_split(
     return _hub_rows(data_name, source, split)
 
 
+def source_provenance(
+    data_name: str, source: HubSource, directory: str | Path | None = None
+) -> dict[str, Any]:
+    """Provenance of what :func:`load_split` reads now: the local folder (path + hash) or the hub dataset."""
+    from statprune.data.origin import hub_provenance, local_provenance
+
+    local = Path(directory).expanduser() if directory is not None else local_dir(data_name)
+    if local is not None:
+        return local_provenance(local)
+    return hub_provenance(source.path, source.config)
+
+
 def first_column(row: Row, names: tuple[str, ...], *, task_name: str, what: str) -> Any:
     """The value of the first of ``names`` present in ``row``; a clear error naming them otherwise."""
     for name in names:

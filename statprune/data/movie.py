@@ -15,6 +15,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from statprune.data.origin import asset_provenance, local_provenance
 from statprune.data.tasks import TASKS, Row, TextTask, hash_split
 from statprune.errors import StatpruneError
 
@@ -76,6 +77,11 @@ def movie_task(
 ) -> TextTask:
     """The movie task over the packaged asset (``path=None``) or a file in the same format."""
     loader = functools.partial(movie_rows, path=path, regression=regression, seed=seed)
+    origin = (
+        functools.partial(local_provenance, path)
+        if path is not None
+        else functools.partial(asset_provenance, "movie-sentiment", FILENAME)
+    )
     if regression:
         return TextTask(
             name=name or "movie-sentiment-regression",
@@ -95,6 +101,7 @@ def movie_task(
         flops_seq_len=FLOPS_SEQ_LEN,
         max_length=128,
         loader=loader,
+        origin=origin,
         description="binary sentiment of Rotten-Tomatoes snippets, |rating| ≥ 0.5 (SST-2-like)",
     )
 

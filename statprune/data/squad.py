@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from statprune.data.hub import HubSource, first_column, load_split
+from statprune.data.hub import HubSource, first_column, load_split, source_provenance
 from statprune.data.tasks import TASKS, Row, Task
 from statprune.errors import StatpruneError
 
@@ -285,6 +285,7 @@ def squad_task(
         if version_2
         else "SQuAD v1.1: extractive QA (answer spans in Wikipedia paragraphs)",
         version_2=version_2,
+        origin=functools.partial(source_provenance, base, SOURCES[base], data_dir),
     )
 
 

@@ -47,6 +47,21 @@ class Task:
     loader: Loader = field(repr=False, compare=False)
     splits: tuple[str, ...] = SPLITS
     description: str = ""
+    # () -> the provenance dict of the data the loader reads (see provenance()); None: unknown
+    origin: Callable[[], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    def provenance(self) -> dict[str, Any]:
+        """Which data this task reads, for records and cache keys (see :mod:`statprune.data.origin`).
+
+        Always has ``source`` (``asset`` | ``hub`` | ``local`` | ``unknown``) and ``content_sha256``
+        (hash of the files read, None where unknown), plus ``id``/``version`` (asset), ``id``/
+        ``config``/``revision`` (hub) or ``path`` (local). Resolved at call time, so a data folder
+        named by an environment variable is the one a run reads. A new task type passes an
+        ``origin`` callable (e.g. ``functools.partial(local_provenance, path)``) or overrides this.
+        """
+        if self.origin is None:
+            return {"source": "unknown", "content_sha256": None}
+        return self.origin()
 
     def canonical_split(self, split: str) -> str:
         name = SPLIT_ALIASES.get(split, split)

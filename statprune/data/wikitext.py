@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from statprune.data.hub import HubSource, first_column, load_split
+from statprune.data.hub import HubSource, first_column, load_split, source_provenance
 from statprune.data.tasks import TASKS, LMTask, Row
 
 WINDOW = 2048
@@ -49,6 +49,7 @@ def wikitext_task(
         loader=functools.partial(wikitext_rows, data_name="wikitext-2", data_dir=data_dir),
         description=f"WikiText-2 (raw), rows joined by blank lines, {window}-token windows",
         separator="\n\n",
+        origin=functools.partial(source_provenance, "wikitext-2", SOURCE, data_dir),
     )
 
 

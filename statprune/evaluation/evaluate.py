@@ -26,6 +26,7 @@ from statprune.evaluation.metrics import (
     perplexity,
     regression_metrics,
 )
+from statprune.runtime import pad_token_id
 
 if TYPE_CHECKING:
     from statprune.data.tasks import Task
@@ -70,7 +71,7 @@ def evaluate(
         raise StatpruneError(f"max_length {length} exceeds the model's {max_pos} positions")
     if device is not None:
         model.to(device)
-    dev = _model_device(model)
+    dev = model_device(model)
     if task.kind == "qa":  # windows, offsets and span post-processing: statprune.evaluation.squad
         from statprune.evaluation.squad import evaluate_qa
 
@@ -80,7 +81,7 @@ def evaluate(
     examples = task.encode(tokenizer, split, length)
     if not examples:
         raise StatpruneError(f"split {split!r} of task {task.name!r} has no examples")
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
 
     was_training = model.training
     model.eval()
@@ -112,7 +113,7 @@ def _predict_and_score(
     outputs = np.empty((len(examples), expected), dtype=np.float64)
     labels = np.empty(len(examples), dtype=np.float64)
     num_tokens = 0
-    with _bar(len(examples), f"eval {task.name}/{split}", progress) as bar:
+    with progress_bar(len(examples), f"eval {task.name}/{split}", progress) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate([examples[i] for i in idx], pad_id)
@@ -148,7 +149,7 @@ def _perplexity(
     from statprune.data.collate import IGNORE_INDEX, collate
 
     total_nll, scored = 0.0, 0
-    with _bar(len(examples), f"eval {task_name}/{split}", progress) as bar:
+    with progress_bar(len(examples), f"eval {task_name}/{split}", progress) as bar:
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start : start + batch_size], pad_id)
             logits = _logits(model, batch, dev)
@@ -180,23 +181,15 @@ def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], dev: torch.d
     return out.logits if hasattr(out, "logits") else out[0]
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters are (CPU for a model without any)."""
     try:
         return next(model.parameters()).device
     except StopIteration:
         return torch.device("cpu")
 
 
-def _pad_id(tokenizer: Any) -> int:
-    """The pad id only fills masked positions; models without a pad token (Llama) use eos or 0."""
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            return value
-    return 0
-
-
-def _bar(total: int, desc: str, progress: bool):
+def progress_bar(total: int, desc: str, progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="ex", disable=not progress, leave=False)

@@ -232,14 +232,15 @@ def evaluate_qa(
     Runs where the model is; windows are batched longest first (padding is masked, so the order does
     not change the logits). Returns the metrics plus ``num_examples``, ``num_windows``, ``num_tokens``.
     """
-    from statprune.evaluation.evaluate import _model_device, _pad_id
+    from statprune.evaluation.evaluate import model_device
+    from statprune.runtime import pad_token_id
 
     feats = task.features(tokenizer, split, max_length)
     if not feats.features:
         raise StatpruneError(f"split {split!r} of task {task.name!r} has no examples")
     tensors = feats.tensors()
-    dev = _model_device(model)
-    pad_id = _pad_id(tokenizer)
+    dev = model_device(model)
+    pad_id = pad_token_id(tokenizer)
     was_training = model.training
     model.eval()
     try:
@@ -271,13 +272,13 @@ def _window_logits(
 ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """Each window's start and end logits (unpadded, in window order) and the real tokens seen."""
     from statprune.data.collate import collate
-    from statprune.evaluation.evaluate import MODEL_INPUTS, _bar
+    from statprune.evaluation.evaluate import MODEL_INPUTS, progress_bar
 
     order = sorted(range(len(tensors)), key=lambda i: -len(tensors[i]["input_ids"]))
     starts: list[np.ndarray] = [np.empty(0)] * len(tensors)
     ends: list[np.ndarray] = [np.empty(0)] * len(tensors)
     num_tokens = 0
-    with _bar(len(tensors), desc, progress) as bar:
+    with progress_bar(len(tensors), desc, progress) as bar:
         for lo in range(0, len(order), batch_size):
             idx = order[lo : lo + batch_size]
             batch = collate([tensors[i] for i in idx], pad_id)

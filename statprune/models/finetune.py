@@ -1,7 +1,7 @@
 """Fine-tune an encoder on a classification/regression task: the dense starting point STAT prunes.
 
-Results are cached: a checkpoint's folder is named by a hash of (model spec, task, config, statprune
-version), so a sweep that asks for the same fine-tune from many parallel jobs trains it once. The
+Results are cached: a checkpoint's folder is named by a hash of (model spec, task, the content hash
+of the task's data, config, statprune version), so changed data trains again, so a sweep that asks for the same fine-tune from many parallel jobs trains it once. The
 first job takes a file lock, trains into a temporary folder and renames it into place; the others
 wait on the lock and then find the finished folder. ``finetune_report.json`` is written last, so a
 folder with a report is complete.
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from statprune.cache import cache_dir
 from statprune.errors import StatpruneError
 from statprune.io import file_lock
-from statprune.pipeline import DTYPES, resolve_device
+from statprune.runtime import DTYPES, pad_token_id, resolve_device
 
 REPORT_NAME = "finetune_report.json"
 GROUP_BATCHES = 50  # batches per length-sorted chunk (see length_grouped_batches)
@@ -77,16 +77,32 @@ class FinetuneConfig:
 
 
 def finetune_key(model_spec: str, task_name: str, config: FinetuneConfig) -> str:
-    """Stable id of a fine-tune: a hash of (model spec, task, config, statprune version)."""
+    """Stable id of a fine-tune: a hash of (model spec, task, data, config, statprune version).
+
+    The data enter as the task's ``content_sha256`` (see :meth:`statprune.data.Task.provenance`), so
+    editing the files a task reads (e.g. a ``$STATPRUNE_DATA_*`` folder) trains a new model.
+    """
     from statprune import __version__
+    from statprune.data import get_task
 
     payload = {
         "model": _normalize_spec(model_spec),
         "task": task_name,
+        "data_sha256": data_sha256(get_task(task_name)),
         "config": config.to_dict(),
         "statprune": __version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def data_sha256(task: Any) -> str | None:
+    """The content hash of the task's data; a hub dataset not yet in the local cache is loaded first,
+    so the key is the same before and after the first download."""
+    digest = task.provenance().get("content_sha256")
+    if digest is None and task.provenance().get("source") == "hub":
+        task.examples("train")
+        digest = task.provenance().get("content_sha256")
+    return digest
 
 
 def finetuned_path(model_spec: str, task_name: str, config: FinetuneConfig = FinetuneConfig()) -> Path:
@@ -191,7 +207,7 @@ def _train(
     train = task.encode(tokenizer, "train", config.max_length)
     if not train:
         raise StatpruneError(f"task {task.name!r} has no training examples")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     lengths = [len(e["input_ids"]) for e in train]
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -260,6 +276,7 @@ def _train(
         "key": key,
         "model": model_spec,
         "task": task.name,
+        "data": task.provenance(),
         "config": config.to_dict(),
         "best_epoch": best_epoch,
         "dev_metrics": epochs[best_epoch - 1]["dev"],

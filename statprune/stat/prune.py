@@ -25,7 +25,6 @@ Gram update so that ``timings`` splits ``gram`` from ``calibration_forward`` (th
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +32,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from statprune import runtime
 from statprune.adapters import Adapter
 from statprune.allocation import BlockCurve, greedy_allocation, round_neurons
 from statprune.calibration import Calibration, Gram, LayerWalk
@@ -43,6 +43,7 @@ from statprune.stat.allocate import paper_allocation
 from statprune.stat.heads import head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
+from statprune.timing import StageTimer
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,10 @@ def _store_dtype(name: str) -> torch.dtype | None:
     return {"model": None, "bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
-class _Timer:
+class _Timer(StageTimer):
     def __init__(self, device: torch.device, profile: bool = False) -> None:
-        self.device = device
+        super().__init__(device)
         self.profile = profile
-        self.totals: dict[str, float] = {}
-
-    def __call__(self, stage: str) -> _Stage:
-        return _Stage(self, stage)
 
     def report(self) -> dict[str, float]:
         """Stage totals; with profiling, ``gram`` is taken out of ``calibration_forward``."""
@@ -89,21 +86,6 @@ class _Timer:
         if "gram" in out:
             out["calibration_forward"] = out.get("calibration_forward", 0.0) - out["gram"]
         return out
-
-
-class _Stage:
-    def __init__(self, timer: _Timer, stage: str) -> None:
-        self.timer, self.stage = timer, stage
-
-    def __enter__(self) -> None:
-        if self.timer.device.type == "cuda":
-            torch.cuda.synchronize(self.timer.device)
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.timer.device.type == "cuda":
-            torch.cuda.synchronize(self.timer.device)
-        self.timer.totals[self.stage] = self.timer.totals.get(self.stage, 0.0) + time.perf_counter() - self.t0
 
 
 class _Sketch:
@@ -254,23 +236,8 @@ def apply_pruning(
 
 
 def resolve_device(name: str | None, current: torch.device) -> torch.device:
-    """``None`` → where the model is; ``auto`` → the current CUDA device when there is one, else CPU."""
-    if not name:
-        return current
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise StatpruneError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StatpruneError("device cuda requested but CUDA is not available (use device=cpu or auto)")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
+    """``None`` → where the model is; otherwise :func:`statprune.runtime.resolve_device`."""
+    return runtime.resolve_device(name) if name else current
 
 
 def _offload(

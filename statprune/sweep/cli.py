@@ -10,26 +10,29 @@ from statprune.errors import StatpruneError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from statprune.commands.prune import HelpFormatter
+
     p = subparsers.add_parser(
         "sweep",
         help="run a grid of prune+evaluate runs (inline, local processes or SLURM); resumable",
         description="Run every run of a sweep spec that has no done record; records go to "
         "<results>/<study>/<run_id>.json. Re-running resumes.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("spec", help="sweep spec TOML (experiments/*.toml)")
     p.add_argument(
         "--executor",
         default="local",
-        help="inline (this process, for debugging) | local (submitit processes, default) | slurm",
+        help="inline (this process, for debugging) | local (submitit processes) | slurm",
     )
     p.add_argument(
         "--cluster",
         metavar="PROFILE",
         default=os.environ.get("STATPRUNE_SLURM_PROFILE"),
-        help="cluster profile TOML for --executor slurm (default $STATPRUNE_SLURM_PROFILE)",
+        help="cluster profile TOML for --executor slurm (None: $STATPRUNE_SLURM_PROFILE)",
     )
     p.add_argument(
-        "--results", metavar="DIR", help="results root (default: the spec's results_dir, else ./results)"
+        "--results", metavar="DIR", help="results root (None: the spec's results_dir, else ./results)"
     )
     p.add_argument("--status", action="store_true", help="show done/running/failed/missing per run and exit")
     p.add_argument(
@@ -42,16 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--only", action="append", metavar="ID|NAME", help="restrict to these run ids (prefixes) or names"
     )
-    p.add_argument("--parallel", type=int, metavar="N", help="local: runs at once (default min(4, CPUs))")
+    p.add_argument("--parallel", type=int, metavar="N", help="local: runs at once (None: min(4, CPUs))")
     p.add_argument(
         "--threads",
         type=int,
         metavar="N",
-        help="torch threads per run (default: local CPUs/parallel; SLURM: the job's CPUs)",
+        help="torch threads per run (None: local CPUs/parallel; SLURM: the job's CPUs)",
     )
     p.add_argument("--no-wait", action="store_true", help="submit and return; check later with --status")
     p.add_argument(
-        "--poll", type=float, metavar="SECONDS", help="how often to check jobs (default per executor)"
+        "--poll", type=float, metavar="SECONDS", help="how often to check jobs (None: per executor)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)

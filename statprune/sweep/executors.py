@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -23,13 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from statprune.errors import StatpruneError
+from statprune.io import load_toml
 from statprune.registry import Registry
 from statprune.sweep import owners
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # Scheduler states after which a job without a result will never produce one.
 INCOMPLETE = {"READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED", "CONFIGURING"}
@@ -71,13 +66,7 @@ class ClusterProfile:
 def load_profile(path: str | Path) -> ClusterProfile:
     """Read a cluster profile TOML; unknown keys and wrong types are errors naming the key."""
     p = Path(path)
-    if not p.is_file():
-        raise StatpruneError(f"cluster profile not found: {p} (see slurm/local.toml for the format)")
-    try:
-        with open(p, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise StatpruneError(f"{p}: not valid TOML: {e}") from None
+    raw = load_toml(p, what="cluster profile", hint=" (see slurm/local.toml for the format)")
     fields = {f.name: f for f in dataclasses.fields(ClusterProfile) if f.name != "source"}
     values: dict[str, Any] = {"source": str(p)}
     for key, v in raw.items():

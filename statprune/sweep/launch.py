@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from statprune.sweep import owners
+from statprune.sweep.config import RunSpec, SweepSpec, finetune_key
 from statprune.sweep.executors import ClusterProfile, Item, Outcome, make_executor
 from statprune.sweep.run import RunJob, RunTask, finetune_stage_job
-from statprune.sweep.spec import RunSpec, SweepSpec, finetune_key
 from statprune.sweep.store import FINAL, RunState, RunStore, now_iso
 from statprune.sweep.tracking import TrackingConfig
 
@@ -78,10 +78,6 @@ def _clip(s: str, n: int) -> str:
 def counts(rows: Sequence[PlanRow]) -> dict[str, int]:
     c = Counter(r.state.status for r in rows)
     return {k: c.get(k, 0) for k in ("done", "running", "failed", "cancelled", "stale", "missing")}
-
-
-def status(store: RunStore, runs: Sequence[RunSpec]) -> list[PlanRow]:
-    return plan(store, runs)
 
 
 # ---- launching -----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ so it must be importable from the installed package. A run first claims its lock
 :mod:`statprune.sweep.store`); a run someone else holds is not run twice. Any exception inside the
 run becomes a ``failed`` record with the traceback: a sweep never stops for one bad run.
 
-The dense model's metrics are cached per (model, fine-tune, task, split, length, batch, dtype) under
+The dense model's metrics are cached per (model, fine-tune, task, data hash, split, length, batch, dtype) under
 ``<results>/.dense/`` behind a file lock, so a hundred runs of one model evaluate it once; the
 fine-tuned checkpoint is cached by :func:`statprune.models.finetune.finetune` and trained under a
 file lock, so two runs never train the same fine-tune.
@@ -30,7 +30,7 @@ from statprune import __version__
 from statprune.provenance import git_commit, peak_memory_bytes, versions
 from statprune.sweep import owners
 from statprune.sweep import tracking as tracking_mod
-from statprune.sweep.spec import RunConfig, _thaw
+from statprune.sweep.config import RunConfig, thaw
 from statprune.sweep.store import FINAL, RunStore, atomic_write_json, exclusive, now_iso, read_json
 from statprune.sweep.tracking import TrackingConfig
 
@@ -189,62 +189,35 @@ def run_task(task: RunTask) -> dict[str, Any]:
 # ---- the run itself -------------------------------------------------------------------------------
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[f"{stage}_seconds"] = (
-                self.seconds.get(f"{stage}_seconds", 0.0) + time.perf_counter() - t0
-            )
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when the job sees a GPU, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from statprune.errors import StatpruneError
-
-        raise StatpruneError(f"device {device!r} requested but no CUDA device is visible to this job")
-    return device
-
-
 def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]:
-    """Run one config; returns the record fields metrics, dense_metrics, prune, timings, ..."""
+    """Run one config; returns the record fields metrics, dense_metrics, prune, data, timings, ..."""
     import torch
 
-    from statprune.calibration import make_calibration
     from statprune.data import get_task
     from statprune.evaluation import evaluate
     from statprune.models.load import load_model
-    from statprune.pruner import Target, prune
+    from statprune.pipeline import data_record, limited, resolve_device, resolve_dtype, run_prune
+    from statprune.timing import StageTimer
 
+    job = cfg.prune_job()
+    job.validate()
     device = resolve_device(cfg.device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    dtype = getattr(torch, cfg.dtype)
-    timer = _Timer()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = StageTimer()
     task = get_task(cfg.task)
-    calib_task = task if cfg.calib_task == cfg.task else get_task(cfg.calib_task)
     eval_task = limited(task, cfg.eval_split, cfg.eval_limit)
-    calib_task = limited(calib_task, cfg.calib_split, cfg.calib_limit)
 
     model_spec = cfg.model
     if cfg.finetune is not None:
         with timer("finetune"):
             say("fine-tune (cached)")
-            model_spec = str(finetuned_model(cfg, device))
+            model_spec = str(finetuned_model(cfg, str(device)))
     with timer("load"):
         say(f"load {model_spec} ({cfg.dtype}, {device})")
-        model, tokenizer = load_model(model_spec, task=task, dtype=dtype, device=device)
+        model, tokenizer = load_model(
+            model_spec, task=task, dtype=resolve_dtype(cfg.dtype), device=str(device)
+        )
 
     def run_eval() -> dict[str, float]:
         return evaluate(
@@ -254,36 +227,14 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
             cfg.eval_split,
             batch_size=cfg.eval_batch_size,
             max_length=cfg.max_length,
-            device=device,
+            device=str(device),
         )
 
     with timer("dense_eval"):
         dense, dense_cached = dense_metrics(cfg, store.root, run_eval)
         say(f"dense {cfg.task}/{cfg.eval_split}: {_fmt(dense)}" + (" (cached)" if dense_cached else ""))
-    with timer("calibration"):
-        examples = calib_task.encode(tokenizer, cfg.calib_split, cfg.max_length)
-        calib = make_calibration(
-            examples,
-            cfg.calib_size,
-            cfg.seed,
-            batch_size=cfg.batch_size,
-            pad_token_id=pad_token_id(tokenizer),
-        )
-        say(
-            f"calibration: {calib.num_examples} examples, {calib.num_tokens} tokens from {cfg.calib_task}/{cfg.calib_split}"
-        )
-    seq_len = flops_seq_len(cfg, task)
-    with timer("prune"):
-        say(f"prune: {cfg.method} to sparsity {cfg.sparsity} at seq_len {seq_len}")
-        result = prune(
-            model,
-            calib,
-            Target(cfg.sparsity, seq_len),
-            method=cfg.method,
-            seed=cfg.seed,
-            options=_thaw(cfg.method_options) or {},
-        )
-    report = result.to_dict()
+    run = run_prune(job, model=model, tokenizer=tokenizer, timer=timer, say=say)
+    report = run.result.to_dict()
     with timer("eval"):
         metrics = run_eval()
         say(
@@ -294,55 +245,16 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
         "dense_metrics": dense,
         "dense_cached": dense_cached,
         "prune": report,
-        "timings": dict(timer.seconds),
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "device": device,
+        "data": {**run.data, "evaluation": data_record(eval_task, cfg.eval_split)},
+        "timings": {f"{stage}_seconds": s for stage, s in timer.totals.items()},
+        "peak_memory_bytes": peak_memory_bytes(str(device)),
+        "device": str(device),
         "model_path": model_spec if model_spec != cfg.model else None,
     }
 
 
-def flops_seq_len(cfg: RunConfig, task: Any) -> float:
-    """The FLOPs target's sequence length: the spec's, else the LM window when the spec sets one,
-    else the task's (mean example length; the default LM window)."""
-    if cfg.seq_len is not None:
-        return cfg.seq_len
-    if task.kind == "lm" and cfg.max_length is not None:
-        return cfg.max_length
-    return task.flops_seq_len
-
-
-@dataclass(frozen=True)
-class _Head:
-    """A loader that keeps the first ``n`` rows of one split (picklable, unlike a lambda)."""
-
-    loader: Any
-    split: str
-    n: int
-
-    def __call__(self, split: str) -> list[dict[str, Any]]:
-        rows = self.loader(split)
-        return rows[: self.n] if split == self.split else rows
-
-
-def limited(task: Any, split: str, n: int | None) -> Any:
-    """``task`` with only the first ``n`` rows of ``split`` (``calib_limit``/``eval_limit``)."""
-    if n is None:
-        return task
-    import dataclasses
-
-    return dataclasses.replace(task, loader=_Head(task.loader, task.canonical_split(split), n))
-
-
 def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if isinstance(v, int):
-            return v
-    return 0
 
 
 def _key_hash(obj: Any) -> str:
@@ -354,15 +266,18 @@ def dense_metrics(cfg: RunConfig, results_root: Path, evaluate_dense: Any) -> tu
 
     Concurrent jobs needing the same entry wait on a file lock instead of evaluating twice.
     """
+    from statprune.data import get_task
+
     key = {
         "model": cfg.model,
-        "finetune": _thaw(cfg.finetune),
+        "finetune": thaw(cfg.finetune),
         "task": cfg.task,
         "split": cfg.eval_split,
         "limit": cfg.eval_limit,
         "max_length": cfg.max_length,
         "batch_size": cfg.eval_batch_size,
         "dtype": cfg.dtype,
+        "data_sha256": get_task(cfg.task).provenance().get("content_sha256"),  # changed data: evaluate again
         "statprune": __version__,  # a release may change data preparation: never reuse across versions
     }
     h = _key_hash(key)
@@ -404,7 +319,7 @@ def finetune_config(cfg: RunConfig) -> Any:
     from statprune.models.finetune import FinetuneConfig
     from statprune.pruner import parse_options
 
-    return parse_options(FinetuneConfig, _thaw(cfg.finetune) or {})
+    return parse_options(FinetuneConfig, thaw(cfg.finetune) or {})
 
 
 def finetune_stage_job(arg: tuple[RunConfig, str]) -> dict[str, Any]:
@@ -413,7 +328,9 @@ def finetune_stage_job(arg: tuple[RunConfig, str]) -> dict[str, Any]:
     cfg, _results_dir = arg
     _set_threads(None)
     t0 = time.perf_counter()
-    path = finetuned_model(cfg, resolve_device(cfg.device))
+    from statprune.runtime import resolve_device
+
+    path = finetuned_model(cfg, str(resolve_device(cfg.device)))
     return {"path": str(path), "seconds": time.perf_counter() - t0}
 
 

@@ -1,193 +1,57 @@
-"""Sweep specs: a TOML file → frozen dataclasses → a deterministic list of runs with stable ids.
+"""Sweep specs: a TOML file → checked, frozen :mod:`statprune.sweep.config` dataclasses.
 
 A spec names a study, the pruning methods (with their options) and one or more ``[[grid]]`` tables,
 each a product over models × tasks × methods × sparsities × calibration sizes × seeds with its own
 fixed settings. Several grids let one study pair models with the tasks that suit them (an encoder on
 a classification task, a decoder on a language-modelling task). Everything is checked before anything
 is submitted: unknown keys and bad values raise :class:`StatpruneError` naming the key.
-
-``run_id`` is a short hash of the resolved run config (what determines the result), so re-running a
-spec finds its earlier records. Method options enter the hash as written in the spec (typed), not
-with every default filled in: adding a new option with a default to a method must not orphan the
-records of finished sweeps. The fully resolved options are in each record's ``prune.options``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from statprune.errors import StatpruneError
+from statprune.io import load_toml
+from statprune.runtime import DTYPES
+from statprune.sweep.config import (
+    GridSpec,
+    MethodSpec,
+    Pairs,
+    RunConfig,
+    RunSpec,
+    Settings,
+    SweepSpec,
+    TaskPair,
+    TrackingSpec,
+    expand,
+    finetune_key,
+    freeze,
+    select,
+    short_model,
+    thaw,
+)
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-DTYPES = ("float32", "bfloat16", "float16")
-Pairs = tuple[tuple[str, Any], ...]
-
-
-def _freeze(d: Mapping[str, Any] | None) -> Pairs | None:
-    """A mapping as sorted (key, value) pairs: picklable, immutable, order-independent."""
-    if d is None:
-        return None
-    return tuple(sorted((str(k), _freeze_value(v)) for k, v in d.items()))
-
-
-def _freeze_value(v: Any) -> Any:
-    if isinstance(v, Mapping):
-        return _freeze(v)
-    if isinstance(v, list | tuple):
-        return tuple(_freeze_value(x) for x in v)
-    return v
-
-
-def _thaw(pairs: Pairs | None) -> dict[str, Any] | None:
-    if pairs is None:
-        return None
-    return {k: _thaw_value(v) for k, v in pairs}
-
-
-def _thaw_value(v: Any) -> Any:
-    if isinstance(v, tuple):
-        if v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
-            return _thaw(v)
-        return [_thaw_value(x) for x in v]
-    return v
-
-
-# ---- dataclasses ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Fixed settings shared by the runs of a grid (top-level ``[settings]``, overridable per grid)."""
-
-    seq_len: int | None = None  # FLOPs target sequence length; None = the task's flops_seq_len
-    max_length: int | None = None  # truncation (LM: window) for calibration and evaluation; None = task's
-    batch_size: int = 16  # calibration batch size
-    eval_batch_size: int = 32
-    calib_split: str = "train"
-    eval_split: str = "test"
-    dtype: str = "float32"
-    device: str = "auto"  # auto = cuda when a GPU is visible to the job, else cpu
-    calib_limit: int | None = None  # use only the first N rows of the calibration split (smoke tests)
-    eval_limit: int | None = None  # use only the first N rows of the evaluation split (LM: documents)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    label: str
-    options: Pairs = ()
-
-    @property
-    def options_dict(self) -> dict[str, Any]:
-        return _thaw(self.options) or {}
-
-
-@dataclass(frozen=True)
-class TaskPair:
-    """Evaluate on ``task``; draw calibration data from ``calib`` (often the same task)."""
-
-    task: str
-    calib: str
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    models: tuple[str, ...]
-    tasks: tuple[TaskPair, ...]
-    methods: tuple[MethodSpec, ...]
-    sparsities: tuple[float, ...]
-    calib_sizes: tuple[int, ...]
-    seeds: tuple[int, ...]
-    settings: Settings
-    finetune: Pairs | None = None
-
-
-@dataclass(frozen=True)
-class TrackingSpec:
-    """wandb mirror of the records; the mode comes from ``WANDB_MODE`` (offline when unset)."""
-
-    enabled: bool = True
-    project: str = "statprune"
-    entity: str | None = None
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines one run's result; its hash is the ``run_id``."""
-
-    model: str
-    task: str
-    calib_task: str
-    method: str
-    method_options: Pairs
-    sparsity: float
-    calib_size: int
-    seed: int
-    seq_len: int | None
-    max_length: int | None
-    batch_size: int
-    eval_batch_size: int
-    calib_split: str
-    eval_split: str
-    dtype: str
-    device: str
-    finetune: Pairs | None = None
-    calib_limit: int | None = None
-    eval_limit: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["method_options"] = _thaw(self.method_options) or {}
-        d["finetune"] = _thaw(self.finetune)
-        for key in ("calib_limit", "eval_limit"):  # unset limits leave the hash of older configs alone
-            if d[key] is None:
-                del d[key]
-        return d
-
-    @property
-    def run_id(self) -> str:
-        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:12]
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        d = dict(d)
-        d["method_options"] = _freeze(d.get("method_options") or {})
-        d["finetune"] = _freeze(d.get("finetune"))
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    run_id: str
-    name: str
-    config: RunConfig
-    label: str = ""  # the spec's method label (two labels may share a method and options)
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    study: str
-    grids: tuple[GridSpec, ...]
-    tracking: TrackingSpec = field(default_factory=TrackingSpec)
-    description: str = ""
-    results_dir: str | None = None  # default for --results (relative paths: to the current directory)
-    source: str | None = None  # path of the TOML it came from
-
-    def runs(self) -> list[RunSpec]:
-        return expand(self)
+__all__ = [
+    "GridSpec",
+    "MethodSpec",
+    "RunConfig",
+    "RunSpec",
+    "Settings",
+    "SweepSpec",
+    "TaskPair",
+    "TrackingSpec",
+    "expand",
+    "finetune_key",
+    "load_spec",
+    "parse_spec",
+    "select",
+    "short_model",
+    "thaw",
+]
 
 
 # ---- parsing --------------------------------------------------------------------------------------
@@ -292,9 +156,9 @@ def _settings(where: str, raw: Mapping[str, Any], base: Settings) -> Settings:
 
 
 def _methods(where: str, raw: Any) -> tuple[MethodSpec, ...]:
-    from statprune.pruner import METHODS, method_options
+    from statprune.pruner import load_methods, method_options
 
-    _register_methods()
+    METHODS = load_methods()
     entries = _list(where, raw)
     out: list[MethodSpec] = []
     for i, entry in enumerate(entries):
@@ -317,7 +181,7 @@ def _methods(where: str, raw: Any) -> tuple[MethodSpec, ...]:
         label = _str(f"{w}.label", entry.get("label", name))
         if not all(c.isalnum() or c in "-_." for c in label):
             raise _err(f"{w}.label", f"use letters, digits, '-', '_' or '.', got {label!r}")
-        out.append(MethodSpec(name=name, label=label, options=_freeze(typed) or ()))
+        out.append(MethodSpec(name=name, label=label, options=freeze(typed) or ()))
     labels = [m.label for m in out]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -325,36 +189,20 @@ def _methods(where: str, raw: Any) -> tuple[MethodSpec, ...]:
     return tuple(out)
 
 
-def _register_methods() -> None:
-    """Import the method packages so the METHODS registry is complete."""
-    import statprune.baselines
-    import statprune.stat  # noqa: F401
-
-
-def _task_names() -> Any:
-    """The task registry when the data package is installed, else None (names checked at run time)."""
-    try:
-        from statprune.data import TASKS  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return TASKS
-
-
 def _check_task(where: str, name: str) -> None:
-    registry = _task_names()
-    if registry is not None and hasattr(registry, "__contains__") and name not in registry:
-        raise _err(where, registry.unknown_message(name))
+    from statprune.data import TASKS
+
+    if name not in TASKS:
+        raise _err(where, TASKS.unknown_message(name))
 
 
 def _check_model(where: str, spec: str) -> None:
     """Reject model specs that cannot load (unknown alias or random shape) before submitting."""
     import re
 
-    try:
-        from statprune.assets import model_aliases
-        from statprune.models.shapes import SHAPES
-    except ImportError:
-        return
+    from statprune.assets import model_aliases
+    from statprune.models.shapes import SHAPES
+
     if spec.startswith("random:"):
         shape = spec.removeprefix("random:")
         if shape not in SHAPES:
@@ -375,10 +223,8 @@ def _check_model(where: str, spec: str) -> None:
 
 
 def _check_splits(where: str, pairs: tuple[TaskPair, ...], settings: Settings) -> None:
-    try:
-        from statprune.data import get_task
-    except ImportError:
-        return
+    from statprune.data import get_task
+
     for tp in pairs:
         for name, split, key in (
             (tp.task, settings.eval_split, "eval_split"),
@@ -421,30 +267,14 @@ def _finetune(where: str, raw: Any) -> Pairs | None:
     if raw is False or raw is None:
         return None
     table = dict(_table(where, raw))
-    check = _finetune_checker()
-    if check is not None:
-        try:
-            check(table)
-        except StatpruneError as e:
-            raise _err(where, str(e)) from None
-    return _freeze(table)
+    from statprune.models.finetune import FinetuneConfig
+    from statprune.pruner import parse_options
 
-
-def _finetune_checker() -> Any:
-    """The fine-tune config validator of :mod:`statprune.models.finetune`, when installed."""
     try:
-        from statprune.models import finetune as ft
-    except ImportError:
-        return None
-    for name in ("finetune_config", "parse_config", "FinetuneConfig"):
-        fn = getattr(ft, name, None)
-        if fn is not None:
-            if isinstance(fn, type):
-                from statprune.pruner import parse_options
-
-                return lambda table, cls=fn: parse_options(cls, table)
-            return fn
-    return None
+        parse_options(FinetuneConfig, table)
+    except StatpruneError as e:
+        raise _err(where, str(e)) from None
+    return freeze(table)
 
 
 def _tracking(raw: Any) -> TrackingSpec:
@@ -558,102 +388,7 @@ def _parse(raw: Mapping[str, Any], source: str | None) -> SweepSpec:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a TOML spec; a missing file or TOML syntax error is a StatpruneError too."""
     p = Path(path)
-    if not p.is_file():
-        raise StatpruneError(f"sweep spec not found: {p}")
-    try:
-        with open(p, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise StatpruneError(f"{p}: not valid TOML: {e}") from None
+    raw = load_toml(p, what="sweep spec")
     spec = parse_spec(raw, source=str(p))
     expand(spec)  # duplicate names/ids are spec errors too
     return spec
-
-
-# ---- expansion ------------------------------------------------------------------------------------
-
-
-def short_model(model: str) -> str:
-    """A model spec as a name fragment: ``random:tiny-bert`` → ``tiny-bert``, paths → last part."""
-    s = model.split(":", 1)[1] if model.startswith("random:") else model
-    s = s.rstrip("/").rsplit("/", 1)[-1]
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).lower()
-
-
-def _name(label: str, cfg: RunConfig, with_task: bool) -> str:
-    parts = [label, short_model(cfg.model)]
-    if with_task:
-        parts.append(cfg.task if cfg.calib_task == cfg.task else f"{cfg.task}.c-{cfg.calib_task}")
-    parts += [f"s{cfg.sparsity:.2f}", f"n{cfg.calib_size}", f"seed{cfg.seed}"]
-    return "-".join(parts)
-
-
-def expand(spec: SweepSpec) -> list[RunSpec]:
-    """All runs of the spec in a fixed order (grid, model, task, method, sparsity, calib size, seed).
-
-    The same config reached twice (overlapping grids) is one run. Names are readable and unique within
-    the study: the task joins the name when the study has more than one task pair.
-    """
-    configs: list[tuple[str, RunConfig]] = []
-    for g in spec.grids:
-        s = g.settings
-        for model in g.models:
-            for tp in g.tasks:
-                for m in g.methods:
-                    for sparsity in g.sparsities:
-                        for n in g.calib_sizes:
-                            for seed in g.seeds:
-                                cfg = RunConfig(
-                                    model=model,
-                                    task=tp.task,
-                                    calib_task=tp.calib,
-                                    method=m.name,
-                                    method_options=m.options,
-                                    sparsity=sparsity,
-                                    calib_size=n,
-                                    seed=seed,
-                                    seq_len=s.seq_len,
-                                    max_length=s.max_length,
-                                    batch_size=s.batch_size,
-                                    eval_batch_size=s.eval_batch_size,
-                                    calib_split=s.calib_split,
-                                    eval_split=s.eval_split,
-                                    dtype=s.dtype,
-                                    device=s.device,
-                                    finetune=g.finetune,
-                                    calib_limit=s.calib_limit,
-                                    eval_limit=s.eval_limit,
-                                )
-                                configs.append((m.label, cfg))
-    with_task = len({(c.task, c.calib_task) for _, c in configs}) > 1
-    runs: list[RunSpec] = []
-    seen: set[str] = set()
-    for label, cfg in configs:
-        rid = cfg.run_id
-        if rid in seen:
-            continue
-        seen.add(rid)
-        runs.append(RunSpec(run_id=rid, name=_name(label, cfg, with_task), config=cfg, label=label))
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):  # same readable name, different configs: add the id
-        counts = {n: names.count(n) for n in names}
-        runs = [
-            dataclasses.replace(r, name=f"{r.name}-{r.run_id[:6]}") if counts[r.name] > 1 else r for r in runs
-        ]
-    return runs
-
-
-def finetune_key(cfg: RunConfig) -> tuple[str, str, Pairs] | None:
-    """What a run's fine-tune depends on (runs sharing it share one fine-tuned checkpoint)."""
-    if cfg.finetune is None:
-        return None
-    return (cfg.model, cfg.task, cfg.finetune)
-
-
-def select(runs: Iterable[RunSpec], only: Iterable[str] | None) -> list[RunSpec]:
-    """Runs whose id (or id prefix) or name is in ``only`` (all when ``only`` is None)."""
-    runs = list(runs)
-    if not only:
-        return runs
-    wanted = list(only)
-    return [r for r in runs if any(r.run_id.startswith(w) or r.name == w for w in wanted)]

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statprune.errors import StatpruneError
 from statprune.io import file_lock as exclusive
 from statprune.io import write_json_atomic as atomic_write_json
 from statprune.sweep import owners
@@ -222,10 +221,3 @@ class RunStore:
 def _same_launch(lock: dict[str, Any], me: dict[str, Any]) -> bool:
     """The driver's claim passes to its job; a requeued job (same pickled task) finds its own."""
     return bool(lock.get("launch_id")) and lock.get("launch_id") == me.get("launch_id")
-
-
-def check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise StatpruneError(f"cannot create results folder {path}: {e}") from None

@@ -14,7 +14,7 @@ STAT_STAGES = {"calibration_forward", "gram", "factorization", "allocation", "we
 
 def _bench(tmp_path, *extra: str, device: str = "cpu") -> dict:
     rc = main(
-        ["bench", "--device", device, "--dtype", "float32", "--calib", "8", "--seq-len", "24", "--batch-size", "4",
+        ["bench", "--device", device, "--dtype", "float32", "--calib-size", "8", "--seq-len", "24", "--batch-size", "4",
          "--out", str(tmp_path), "--name", "rec", *extra]
     )  # fmt: skip
     assert rc == 0
@@ -90,7 +90,7 @@ def test_compiled_forward_and_decode_step_match_eager():
 def test_task_loss_method_on_an_encoder_gets_random_labels(tmp_path, capsys):
     # kwon differentiates a task loss: an encoder needs a head and labels, which --num-labels supplies
     args = ["--shape", "tiny-bert", "--method", "kwon", "--sparsity", "0.4", "--layers", "2"]
-    assert main(["bench", "--device", "cpu", "--calib", "8", "--seq-len", "24", "--out", "", *args]) == 2
+    assert main(["bench", "--device", "cpu", "--calib-size", "8", "--seq-len", "24", "--out", "", *args]) == 2
     assert "labelled" in capsys.readouterr().err
     rec = _bench(tmp_path, *args, "--num-labels", "3")
     r = rec["result"]

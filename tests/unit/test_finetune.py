@@ -163,3 +163,37 @@ def test_cli_help_states_the_real_defaults() -> None:
     for name, (typ, help_) in _CONFIG_FLAGS.items():
         stated = help_.rsplit("(default ", 1)[1].rstrip(")")
         assert typ(stated) == defaults[name], name
+
+
+def test_changed_data_retrains_and_unchanged_data_hits_the_cache(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's data folder ($STATPRUNE_DATA_GLUE_SST2) enters the cache key through its content hash."""
+    import shutil
+
+    folder = tmp_path / "sst2"
+    shutil.copytree(Path(__file__).parents[1] / "data" / "fixtures" / "glue" / "sst2", folder)
+    monkeypatch.setenv("STATPRUNE_DATA_GLUE_SST2", str(folder))
+    config = FinetuneConfig(epochs=1, lr=2e-3, batch_size=16, max_length=16)
+    calls: list[int] = []
+    real_train = ft._train
+
+    def counting_train(*args, **kwargs):
+        calls.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "_train", counting_train)
+    first = finetune("random:tiny-bert", "glue/sst2", config, progress=False)
+    report = json.loads((first / REPORT_NAME).read_text())
+    assert report["data"]["source"] == "local" and report["data"]["path"] == str(folder.resolve())
+    assert finetune("random:tiny-bert", "glue/sst2", config, progress=False) == first
+    assert len(calls) == 1  # nothing changed: the cache
+
+    train = folder / "train.jsonl"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(lines[: len(lines) // 2]) + "\n")  # the user drops half the rows
+    second = finetune("random:tiny-bert", "glue/sst2", config, progress=False)
+    assert second != first and len(calls) == 2  # changed data: trained again
+    changed = json.loads((second / REPORT_NAME).read_text())
+    assert changed["num_train_examples"] < report["num_train_examples"]
+    assert changed["data"]["content_sha256"] != report["data"]["content_sha256"]

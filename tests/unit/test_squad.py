@@ -271,7 +271,7 @@ def test_distilbert_qa_head_prunes_through_its_adapter(fixtures_env: Path) -> No
     assert type(model).__name__ == "DistilBertForQuestionAnswering"
     job = PruneJob(model="random:tiny-distilbert", method="stat", sparsity=0.5, calib_task="squad_v2",
                    calib_size=8, max_length=WINDOW, device="cpu")  # fmt: skip
-    model, tok, result = run_prune(job, model=model, tokenizer=tok)
+    result = run_prune(job, model=model, tokenizer=tok).result
     assert abs(result.to_dict()["sparsity_achieved"] - 0.5) < 0.05
     assert sum(s.num_heads for s in get_adapter(model).shapes()) < 8
     out = evaluate(model, tok, task, "dev", max_length=WINDOW, progress=False)

@@ -36,6 +36,7 @@ from statprune.baselines.slicegpt.shortcuts import set_shortcut
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
 from statprune.pruner import MethodOutput, Target, register_method
+from statprune.runtime import DTYPES
 
 RESTORE_HOOK = "statprune.baselines.slicegpt.method:restore_slicegpt"
 WIDTH = 8  # hidden sizes are kept to multiples of 8 (tensor-core friendly, as the paper)
@@ -90,9 +91,6 @@ def hidden_for_slicing(d: int, slicing: float) -> int:
     return k
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 @register_method("slicegpt", SliceGPTOptions)
 @torch.no_grad()
 def slicegpt_prune(
@@ -109,7 +107,7 @@ def slicegpt_prune(
     predicted = sliced_flops(adapter, k, target.seq_len)
     timings: dict[str, float] = {}
     dtype = adapter.dtype
-    run_dtype = dtype if options.calib_dtype == "model" else _DTYPES[options.calib_dtype]
+    run_dtype = dtype if options.calib_dtype == "model" else DTYPES[options.calib_dtype]
     if run_dtype != dtype:
         model.to(run_dtype)
     try:
