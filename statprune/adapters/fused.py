@@ -5,6 +5,10 @@ selected independently. :class:`Fused` holds those parts, concatenates their out
 (what the stock module's caller slices), and keeps the stock layout in the state dict: saving
 concatenates the parts into the original ``weight``/``bias`` (transposed for GPT-2's Conv1D), loading
 splits them at the parts' current sizes. Checkpoints therefore keep the stock key names and layout.
+
+A single part is also useful: it re-expresses a Conv1D as a Linear, or (``token_shape``, set by the
+adapter before each layer call) gives hooks a (batch, tokens, features) input where the stock layer
+flattens tokens (OPT's FFN), so that the calibration masks apply unchanged.
 """
 
 from __future__ import annotations
@@ -20,13 +24,17 @@ class Fused(nn.Module):
         super().__init__()
         self.parts = nn.ModuleList(parts)
         self.conv1d = conv1d
+        self.token_shape: tuple[int, ...] | None = None
         self.register_state_dict_post_hook(_save_fused)
         self.register_load_state_dict_pre_hook(_load_fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.parts) == 1:
-            return self.parts[0](x)
-        return torch.cat([p(x) for p in self.parts], dim=-1)
+        shape = self.token_shape
+        flat = shape is not None and x.dim() == 2 and len(shape) == 2 and x.shape[0] == shape[0] * shape[1]
+        if flat:
+            x = x.view(*shape, x.shape[-1])
+        y = self.parts[0](x) if len(self.parts) == 1 else torch.cat([p(x) for p in self.parts], dim=-1)
+        return y.reshape(-1, y.shape[-1]) if flat else y
 
 
 def _save_fused(module: Fused, state: dict, prefix: str, _meta: object) -> None:
