@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("gguf")
 
-from statprune.calibration import make_calibration  # noqa: E402
-from statprune.errors import StatpruneError  # noqa: E402
-from statprune.models import load_model  # noqa: E402
-from statprune.models.checkpoint import load_pruned, save_pruned  # noqa: E402
-from statprune.pruner import Target, prune  # noqa: E402
+from statprune.calibration import make_calibration
+from statprune.errors import StatpruneError
+from statprune.models import load_model
+from statprune.models.checkpoint import load_pruned, save_pruned
+from statprune.pruner import Target, prune
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TOKENS = ["<unk>", "<s>", "</s>", "▁", *LETTERS, *(f"▁{c}" for c in LETTERS), "▁th", "he", "▁the"]
