@@ -36,6 +36,7 @@ def test_hook_points_and_shapes(family):
     for h in hooks:
         h.remove()
     assert seen["heads"][-1] == s.num_heads * s.head_dim and seen["neurons"][-1] == s.intermediate
+    assert seen["heads"][:-1] == seen["neurons"][:-1] == (4, 20)  # (batch, tokens): OPT's flat FFN too
 
 
 def _half_heads(family: str) -> torch.Tensor:

@@ -29,6 +29,9 @@ from statprune.calibration import Calibration
 VOCAB = 97
 FAMILIES = ("bert", "distilbert", "llama", "llama-gqa", "opt", "gpt2", "qwen3", "phi3", "gemma2", "gemma3")
 GQA = {"llama-gqa": 2, "qwen3": 2, "phi3": 2, "gemma2": 2, "gemma3": 2}  # KV heads of the GQA families
+# sublayer outputs pass through a norm before the residual add (Gemma): exact-recovery tests of
+# methods that model the residual as input + sublayer output (Kwon's tuning) do not hold there
+POST_SUBLAYER_NORM = ("gemma2", "gemma3")
 GATED = ("llama", "llama-gqa", "qwen3", "phi3", "gemma2", "gemma3")
 # common decoder shape: 4 query heads of 16, FFN 96
 _DEC = dict(
