@@ -220,7 +220,7 @@ def gguf_checkpoint(path: Path) -> Path:
     import shutil
     import tempfile
 
-    from statprune.assets import convert_gguf, sha256_file
+    from statprune.assets import _make_readable, convert_gguf, sha256_file
     from statprune.cache import cache_dir
     from statprune.io import file_lock
 
@@ -244,6 +244,7 @@ def gguf_checkpoint(path: Path) -> Path:
                 raise StatpruneError(f"cannot convert the GGUF file {path}: {_first_line(e)}") from None
             manifest = {"source": str(path), "size": st.st_size, "sha256": sha256_file(path)}
             (tmp / GGUF_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _make_readable(tmp)  # mkdtemp is private; a shared cache must not be
             if final.exists():  # a leftover without manifest: never complete
                 shutil.rmtree(final)
             os.replace(tmp, final)
