@@ -182,8 +182,8 @@ class Adapter(ABC):
         missing = [c for c in capabilities if c not in self.prunable]
         if missing:
             raise StatpruneError(
-                f"{method} cannot prune {' and '.join(missing)} of model type {self.config.model_type!r}: "
-                f"its adapter ({type(self).__name__}) allows only {', '.join(sorted(self.prunable)) or 'nothing'}"
+                f"{method}: cannot remove {' or '.join(missing)} from model type {self.config.model_type!r}; "
+                f"its adapter ({type(self).__name__}) declares prunable: {', '.join(sorted(self.prunable)) or 'none'}"
             )
 
     @property
@@ -212,7 +212,7 @@ class Adapter(ABC):
         shape = self.layer_shape(i)
         heads = torch.as_tensor(heads, dtype=torch.long).sort().values
         if len(heads) != shape.num_heads:
-            self.require("heads", method="removing heads")
+            self.require("heads", method=f"layer {i}")
         g = shape.group_size
         groups, counts = torch.unique(heads // g, return_counts=True)
         if len(counts) and not bool((counts == counts[0]).all()):
@@ -232,7 +232,7 @@ class Adapter(ABC):
         """Keep FFN neurons ``neurons`` of layer ``i`` (producer rows and consumer columns)."""
         neurons = torch.as_tensor(neurons, dtype=torch.long).sort().values
         if len(neurons) != self.layer_shape(i).intermediate:
-            self.require("neurons", method="removing neurons")
+            self.require("neurons", method=f"layer {i}")
         self._set_ffn_in(i, [_select_rows(lin, neurons) for lin in self.ffn_in(i)])
         d = self.down_proj(i)
         self._set_down_proj(i, _with_weight(d, d.weight[:, neurons.to(d.weight.device)]))

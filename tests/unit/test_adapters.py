@@ -123,11 +123,14 @@ def test_declared_capabilities_are_enforced():
     model = tiny_model("bert")
     ad = get_adapter(model)
     ad.require("heads", "neurons")
-    with pytest.raises(StatpruneError, match=r"slicegpt cannot prune hidden of model type 'bert'"):
+    with pytest.raises(
+        StatpruneError,
+        match=r"slicegpt: cannot remove hidden from model type 'bert'; .*declares prunable: heads, neurons",
+    ):
         ad.require("hidden", method="slicegpt")
     ad.prunable = frozenset({"neurons"})  # e.g. a relative-position bias shared across layers
     ad.keep_heads(0, torch.arange(4))  # keeping every head is allowed
-    with pytest.raises(StatpruneError, match="removing heads cannot prune heads"):
+    with pytest.raises(StatpruneError, match="layer 0: cannot remove heads from model type"):
         ad.keep_heads(0, torch.tensor([0, 1]))
     assert ad.layer_shape(0).num_heads == 4
     ad.keep_neurons(0, torch.arange(10))
