@@ -64,6 +64,28 @@ def test_keep_everything_is_identity_and_keep_subset_runs(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_removing_units_equals_zeroing_their_outputs(family):
+    """Physically removing heads/neurons = zeroing their columns of the consumer (fused slices, Conv1D
+    transposes, cached head counts and per-layer configs must all be right for this to hold)."""
+    model = tiny_model(family)
+    ad = get_adapter(model)
+    heads, neurons = _half_heads(family), torch.tensor([0, 5, 7, 30, 31])
+    calib = random_calibration(n=4)
+    with torch.no_grad():
+        o, d = ad.out_proj(0).weight, ad.down_proj(1).weight
+        drop_h = torch.ones(o.shape[1], dtype=torch.bool)
+        drop_h[(heads[:, None] * 16 + torch.arange(16)).reshape(-1)] = False
+        drop_n = torch.ones(d.shape[1], dtype=torch.bool)
+        drop_n[neurons] = False
+        o[:, drop_h] = 0.0
+        d[:, drop_n] = 0.0
+    ref = outputs(model, calib)
+    ad.keep_heads(0, heads)
+    ad.keep_neurons(1, neurons)
+    assert rel_err(outputs(model, calib), ref) < 1e-5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pruned_save_reload_same_outputs(family, tmp_path):
     model = tiny_model(family)
     ad = get_adapter(model)
