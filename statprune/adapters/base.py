@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from statprune.errors import StatpruneError
+
+CAPABILITIES = frozenset({"heads", "neurons", "hidden"})
+
 
 @dataclass(frozen=True)
 class LayerShape:
@@ -82,11 +86,16 @@ class Adapter(ABC):
 
     Subclasses set ``model_types`` (values of ``config.model_type``) and implement the module
     accessors; everything structural is written once here in terms of those accessors.
+    ``prunable`` says which structures can be removed: ``heads`` (attention heads), ``neurons``
+    (FFN neurons), ``hidden`` (the residual width, SliceGPT). An architecture with per-head state
+    shared across layers (e.g. a relative-position bias computed once) leaves out ``heads``.
     """
 
     model_types: tuple[str, ...] = ()
     pre_norm: bool = True
     gated_ffn: bool = False
+    causal: bool = True  # decoders; encoders set False
+    prunable: frozenset[str] = CAPABILITIES
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -165,6 +174,18 @@ class Adapter(ABC):
         return self.model.get_output_embeddings()
 
     # --- generic ---------------------------------------------------------------------
+    def require(self, *capabilities: str, method: str = "this method") -> None:
+        """Refuse (one-line :class:`StatpruneError`) when the architecture cannot prune what is asked."""
+        unknown = set(capabilities) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+        missing = [c for c in capabilities if c not in self.prunable]
+        if missing:
+            raise StatpruneError(
+                f"{method}: cannot remove {' or '.join(missing)} from model type {self.config.model_type!r}; "
+                f"its adapter ({type(self).__name__}) declares prunable: {', '.join(sorted(self.prunable)) or 'none'}"
+            )
+
     @property
     def num_layers(self) -> int:
         return len(self.layers())
@@ -190,6 +211,8 @@ class Adapter(ABC):
         """
         shape = self.layer_shape(i)
         heads = torch.as_tensor(heads, dtype=torch.long).sort().values
+        if len(heads) != shape.num_heads:
+            self.require("heads", method=f"layer {i}")
         g = shape.group_size
         groups, counts = torch.unique(heads // g, return_counts=True)
         if len(counts) and not bool((counts == counts[0]).all()):
@@ -208,6 +231,8 @@ class Adapter(ABC):
     def keep_neurons(self, i: int, neurons: torch.Tensor) -> None:
         """Keep FFN neurons ``neurons`` of layer ``i`` (producer rows and consumer columns)."""
         neurons = torch.as_tensor(neurons, dtype=torch.long).sort().values
+        if len(neurons) != self.layer_shape(i).intermediate:
+            self.require("neurons", method=f"layer {i}")
         self._set_ffn_in(i, [_select_rows(lin, neurons) for lin in self.ffn_in(i)])
         d = self.down_proj(i)
         self._set_down_proj(i, _with_weight(d, d.weight[:, neurons.to(d.weight.device)]))

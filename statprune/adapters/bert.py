@@ -13,6 +13,8 @@ class BertAdapter(Adapter):
     model_types = ("bert",)
     pre_norm = False
     gated_ffn = False
+    causal = False
+    prunable = frozenset({"heads", "neurons"})  # post-LN: SliceGPT does not apply
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.encoder.layer

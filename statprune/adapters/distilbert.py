@@ -13,6 +13,8 @@ class DistilBertAdapter(Adapter):
     model_types = ("distilbert",)
     pre_norm = False
     gated_ffn = False
+    causal = False
+    prunable = frozenset({"heads", "neurons"})  # post-LN: SliceGPT does not apply
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.transformer.layer

@@ -1,7 +1,9 @@
-"""Llama-family decoders (Llama, Mistral, Qwen2, SmolLM2): pre-RMSNorm, SwiGLU, RoPE, GQA.
+"""Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, SmolLM2): pre-RMSNorm, SwiGLU, RoPE, GQA.
 
 RoPE is applied per head, so keeping whole heads (and their KV groups) is exact. The GQA group
-size is cached in ``num_key_value_groups`` and is updated when heads are removed.
+size is cached in ``num_key_value_groups`` and is updated when heads are removed. Qwen3's q/k norms
+act on each head's head_dim vector with weights shared by all heads, so removing heads leaves them as
+they are.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from statprune.adapters.registry import register_adapter
 
 @register_adapter
 class LlamaAdapter(Adapter):
-    model_types = ("llama", "mistral", "qwen2")
+    model_types = ("llama", "mistral", "qwen2", "qwen3")
     pre_norm = True
     gated_ffn = True
+    causal = True
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.layers

@@ -7,12 +7,15 @@
 * an asset alias (``minilm-l6``, ``smollm2-135m``) — the fetched folder (fetched on first use).
 * an existing directory — a transformers checkpoint, or a pruned one (``config.json`` has
   ``statprune_shapes``), which :func:`statprune.models.checkpoint.load_pruned` rebuilds.
+* a ``.gguf`` file of a supported family — converted once (transformers' GGUF loading, dequantised to
+  fp32 safetensors) into ``cache_dir()/gguf/<name>-<key>/``, keyed by path, size and mtime.
 * ``org/name`` — a hub id through ``from_pretrained``. When the hub is offline or unreachable the
   local hub cache is tried and otherwise a :class:`StatpruneError` is raised at once (transformers
   alone would retry for ~20 s).
 
 The architecture follows the task: none or ``lm`` → the bare encoder (``AutoModel``) or the causal
 LM; classification/regression → a sequence-classification head with ``task.num_labels``.
+A model type without an adapter is refused (one line) before any weight is read.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PRUNED_KEY = "statprune_shapes"
 HUB_PROBE_TIMEOUT_S = 3.0
+GGUF_MANIFEST = "statprune-gguf.json"
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}  # GGUF architecture names that differ from model_type
 
 
 def load_model(
@@ -56,8 +61,12 @@ def load_model(
 
             return load_pruned(path, dtype=dtype, device=device)
         return _load_local(path, task, dtype, device)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _load_local(gguf_checkpoint(path), task, dtype, device)
     if path.exists():
-        raise StatpruneError(f"{spec!r} is a file; pass the model's directory (the one with config.json)")
+        raise StatpruneError(
+            f"{spec!r} is a file; pass the model's directory (the one with config.json) or a .gguf file"
+        )
     if HUB_ID.match(spec):
         return _load_hub(spec, task, dtype, device)
     close = difflib.get_close_matches(spec, model_aliases(), n=1)
@@ -144,20 +153,31 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise StatpruneError(f"{cfg} is not valid JSON: {e}") from None
 
 
+def attention_implementation(cls: Any, config: PretrainedConfig) -> str:
+    """``sdpa`` when the concrete class behind an auto class supports it, else ``eager``."""
+    try:
+        concrete = cls._model_mapping[type(config)] if hasattr(cls, "_model_mapping") else cls
+    except KeyError:
+        concrete = None
+    return "sdpa" if getattr(concrete, "_supports_sdpa", False) else "eager"
+
+
 def _load_pretrained(
     source: str, task: Task | None, dtype: torch.dtype, device: str, **hub: Any
 ) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(source, **hub)
+    from statprune.adapters import check_supported
+
+    try:
+        config = AutoConfig.from_pretrained(source, **hub)
+    except (ValueError, KeyError) as e:  # a model type transformers does not know
+        raise StatpruneError(f"cannot read the config of {source}: {_first_line(e)}") from None
+    check_supported(config.model_type)
     configure_head(config, task)
     cls = model_class(config, task)
-    try:
-        model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation="sdpa", **hub)
-    except ValueError as e:  # an architecture without SDPA support
-        if "sdpa" not in str(e).lower():
-            raise
-        model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation="eager", **hub)
+    attn = attention_implementation(cls, config)
+    model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn, **hub)
     tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     _fix_pad(model, tokenizer, task)
     return model.to(device).eval(), tokenizer
@@ -188,6 +208,66 @@ def _load_hub(hub_id: str, task: Task | None, dtype: torch.dtype, device: str) -
                 f"instead, or use a packaged alias or 'random:<shape>'. ({e.__class__.__name__})"
             ) from None
         raise StatpruneError(f"cannot load {hub_id!r} from the Hugging Face Hub: {e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def gguf_checkpoint(path: Path) -> Path:
+    """The folder converted from a GGUF file (converted on first use, atomically, under a lock)."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    from statprune.assets import _make_readable, convert_gguf, sha256_file
+    from statprune.cache import cache_dir
+    from statprune.io import file_lock
+
+    path = path.resolve()
+    st = path.stat()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = cache_dir() / "gguf"
+    final = root / f"{path.stem}-{key}"
+    if (final / GGUF_MANIFEST).is_file():
+        return final
+    _check_gguf_architecture(path)
+    root.mkdir(parents=True, exist_ok=True)
+    with file_lock(root / f".{final.name}.lock"):
+        if (final / GGUF_MANIFEST).is_file():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+        try:
+            try:
+                convert_gguf(path, tmp)
+            except (ValueError, KeyError, NotImplementedError, RuntimeError) as e:
+                raise StatpruneError(f"cannot convert the GGUF file {path}: {_first_line(e)}") from None
+            manifest = {"source": str(path), "size": st.st_size, "sha256": sha256_file(path)}
+            (tmp / GGUF_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            _make_readable(tmp)  # mkdtemp is private; a shared cache must not be
+            if final.exists():  # a leftover without manifest: never complete
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _check_gguf_architecture(path: Path) -> None:
+    """Refuse a GGUF file of an unsupported family before converting it."""
+    from statprune.adapters import check_supported
+
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise StatpruneError("the 'gguf' package is needed to load .gguf files; pip install gguf") from None
+
+    try:
+        field = GGUFReader(path).fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode()
+    except (KeyError, ValueError, IndexError) as e:
+        raise StatpruneError(f"{path} is not a readable GGUF model file ({_first_line(e)})") from None
+    check_supported(GGUF_MODEL_TYPES.get(arch, arch))
 
 
 def hub_offline() -> bool:

@@ -260,6 +260,7 @@ def stat_prune(
     model, adapter: Adapter, calib: Calibration, target: Target, *, seed: int, options: StatOptions
 ) -> MethodOutput:
     """Prune ``model`` in place with STAT (deterministic given the calibration draw and seed)."""
+    adapter.require("heads", "neurons", method="stat")
     device = resolve_device(options.device, adapter.device)
     if device != adapter.device:
         model.to(device)

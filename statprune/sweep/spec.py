@@ -210,6 +210,8 @@ def _check_model(where: str, spec: str) -> None:
         return
     if spec in model_aliases() or Path(spec).expanduser().is_dir():
         return
+    if Path(spec).suffix.lower() == ".gguf" and Path(spec).expanduser().is_file():  # converted when loaded
+        return
     if re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", spec):  # a hub id: checked when loaded
         return
     import difflib

@@ -124,11 +124,13 @@ def test_existing_foreign_output_dir_is_refused_and_untouched(tmp_path, capsys):
 
 
 def test_unsupported_model_type_lists_supported(tmp_path, capsys):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import MPNetConfig, MPNetModel
 
-    d = tmp_path / "gpt2"
-    cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300, bos_token_id=1, eos_token_id=2)
-    GPT2LMHeadModel(cfg).save_pretrained(d)
+    d = tmp_path / "mpnet"
+    cfg = MPNetConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=37, vocab_size=300
+    )
+    MPNetModel(cfg).save_pretrained(d)
     from statprune.models.shapes import toy_tokenizer
 
     toy_tokenizer(cfg).save_pretrained(d)
@@ -151,4 +153,4 @@ def test_unsupported_model_type_lists_supported(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "gpt2" in err and "bert" in err and "llama" in err
+    assert "mpnet" in err and "bert" in err and "llama" in err

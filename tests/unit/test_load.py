@@ -204,3 +204,35 @@ def test_shape_config_is_fresh() -> None:
     a = shape_config("tiny-llama")
     a.num_hidden_layers = 7
     assert shape_config("tiny-llama").num_hidden_layers == 2
+
+
+def _save_mpnet(d: Path) -> None:
+    """A tiny MPNet (sentence-transformers' encoder): no adapter, no SDPA, a relative-position bias
+    shared by all layers."""
+    from transformers import MPNetConfig, MPNetModel
+
+    cfg = MPNetConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=37, vocab_size=300
+    )
+    MPNetModel(cfg).save_pretrained(d)
+
+
+def test_unsupported_architecture_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from statprune.cli import main
+
+    _save_mpnet(tmp_path / "mpnet")
+    with pytest.raises(StatpruneError, match=r"model type 'mpnet' is not supported"):
+        load_model(str(tmp_path / "mpnet"))
+    capsys.readouterr()  # the save's progress bar
+    rc = main(["evaluate", "--model", str(tmp_path / "mpnet"), "--task", "movie-sentiment"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert "'mpnet'" in line and "bert, distilbert, gemma2" in line and "README 'Your own model'" in line
+
+
+def test_attention_implementation_is_asked_not_parsed() -> None:
+    from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, MPNetConfig
+
+    assert load_mod.attention_implementation(AutoModel, BertConfig()) == "sdpa"
+    assert load_mod.attention_implementation(AutoModelForSequenceClassification, MPNetConfig()) == "eager"

@@ -8,14 +8,35 @@ from transformers import (
     BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from statprune.calibration import Calibration
 
 VOCAB = 97
-FAMILIES = ("bert", "distilbert", "llama", "llama-gqa")
+FAMILIES = ("bert", "distilbert", "llama", "llama-gqa", "opt", "gpt2", "qwen3", "phi3", "gemma2", "gemma3")
+GQA = {"llama-gqa": 2, "qwen3": 2, "phi3": 2, "gemma2": 2, "gemma3": 2}  # KV heads of the GQA families
+# sublayer outputs pass through a norm before the residual add (Gemma): exact-recovery tests of
+# methods that model the residual as input + sublayer output (Kwon's tuning) do not hold there
+POST_SUBLAYER_NORM = ("gemma2", "gemma3")
+GATED = ("llama", "llama-gqa", "qwen3", "phi3", "gemma2", "gemma3")
+# common decoder shape: 4 query heads of 16, FFN 96
+_DEC = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_attention_heads=4, max_position_embeddings=64
+)
 
 
 def tiny_model(family: str, *, layers: int = 2, seed: int = 0) -> torch.nn.Module:
@@ -47,9 +68,70 @@ def tiny_model(family: str, *, layers: int = 2, seed: int = 0) -> torch.nn.Modul
             max_position_embeddings=64,
         )
         model = LlamaForCausalLM(cfg)
+    elif family == "opt":
+        cfg = OPTConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            ffn_dim=96,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            word_embed_proj_dim=64,
+            max_position_embeddings=64,
+            pad_token_id=0,
+        )
+        model = OPTForCausalLM(cfg)
+    elif family == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=64,
+            n_inner=96,
+            n_layer=layers,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+        model = GPT2LMHeadModel(cfg)
+    elif family == "qwen3":  # q/k norms per head_dim
+        cfg = Qwen3Config(
+            **_DEC, num_hidden_layers=layers, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True
+        )
+        model = Qwen3ForCausalLM(cfg)
+    elif family == "phi3":  # fused qkv_proj and gate_up_proj
+        cfg = Phi3Config(
+            **_DEC,
+            num_hidden_layers=layers,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+        model = Phi3ForCausalLM(cfg)
+    elif family in ("gemma2", "gemma3"):  # (1+w) norms, scaled embeddings, pre/post FFN norms
+        cls, model_cls = (
+            (Gemma2Config, Gemma2ForCausalLM) if family == "gemma2" else (Gemma3TextConfig, Gemma3ForCausalLM)
+        )
+        cfg = cls(
+            **_DEC,
+            num_hidden_layers=layers,
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=8,  # layer 0 sliding, layer 1 global (Gemma-2's alternation)
+        )
+        model = model_cls(cfg)
+        _perturb_norms(model)
     else:
         raise ValueError(family)
     return model.eval()
+
+
+def _perturb_norms(model: torch.nn.Module) -> None:
+    """Gemma norms start at w = 0 (scale 1 + w): give them random scales so the tests see them."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)
 
 
 def random_calibration(n: int = 16, length: int = 20, batch_size: int = 8, seed: int = 0) -> Calibration:
