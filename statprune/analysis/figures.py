@@ -230,6 +230,7 @@ class StudyCheck:
     spec: Path
     counts: dict[str, int]
     command: str
+    published: bool = False  # read from the published (committed) records
 
     @property
     def complete(self) -> bool:
@@ -244,17 +245,18 @@ class StudyCheck:
 
 
 def check_study(
-    study: StudyRef, frame: pd.DataFrame, results_root: Path | None = None, *, publish: bool = False
+    study: StudyRef, frame: pd.DataFrame, results_root: Path | None = None, *, source: str = "given"
 ) -> StudyCheck:
-    """Status counts of ``frame`` (this study's selected rows, with ``missing`` rows for expected runs)."""
+    """Status counts of ``frame`` (this study's selected rows, with ``missing`` rows for expected runs);
+    ``source`` as :func:`study_source` says (unless ``given``, the command ends with a publish)."""
     counts = status_counts(frame)
     cmd = sweep_command(
         study.spec_path,
         retry_failed=bool(counts.get("failed") or counts.get("cancelled")),
         results_root=results_root,
-        publish=publish,
+        publish=source != "given",
     )
-    return StudyCheck(study.name, study.spec_path, counts, cmd)
+    return StudyCheck(study.name, study.spec_path, counts, cmd, published=source == "published")
 
 
 # --------------------------------------------------------------------------- building
@@ -273,17 +275,16 @@ class ItemResult:
         return self.status == "ok"
 
 
-def study_source(spec: Path, results_root: Path | None, published_root: Path | None) -> tuple[StudyRef, bool]:
-    """The study of ``spec`` from ``results_root`` when given; else from ``published_root/<study>/``
-    when it exists, else the spec's own results folder. The flag: the default (published) rule applies,
-    so the command completing the study ends with ``statprune publish``."""
+def study_source(spec: Path, results_root: Path | None, published_root: Path | None) -> tuple[StudyRef, str]:
+    """The study of ``spec`` and where it is read from: ``given`` (``results_root``), else
+    ``published`` (``published_root/<study>/`` exists), else ``local`` (the spec's results folder)."""
     study = resolve_study(spec, results_root)
     if results_root is None and published_root is not None:
         published = published_root / study.name
         if published.is_dir():
-            return dataclasses.replace(study, results_dir=published), True
-        return study, True  # not published yet: after the sweep, publish it
-    return study, False
+            return dataclasses.replace(study, results_dir=published), "published"
+        return study, "local"
+    return study, "given"
 
 
 def select_runs(
@@ -301,7 +302,7 @@ def select_runs(
         frame = frame.copy()
         frame.loc[frame["status"].eq("done") & frame["outdated"].notna(), "status"] = "outdated"
     checks = [
-        check_study(st, frame[frame["study"] == st.name], results_root, publish=pub) for st, pub in sources
+        check_study(st, frame[frame["study"] == st.name], results_root, source=src) for st, src in sources
     ]
     return frame, checks
 
@@ -314,8 +315,8 @@ def build_item(
     results_root: Path | None = None,
     include_outdated: bool = False,
 ) -> ItemResult:
-    """Check the item's studies, then draw and save it (or say why not); a complete ``docs`` item
-    is copied to the manifest's docs folder too."""
+    """Check the item's studies, then draw and save it (or say why not); a ``docs`` item drawn
+    complete from published records only is copied to the manifest's docs folder too."""
     results_root = results_root or manifest.results_root
     missing_specs = [s for s in item.specs if not s.is_file()]
     if missing_specs:
@@ -340,7 +341,8 @@ def build_item(
         paths = render_item(item, frame, out_dir)
     except StatpruneError as e:
         return ItemResult(item.id, "error", problems=[str(e)])
-    if item.docs and not problems and manifest.docs_dir is not None:  # never a partial figure
+    # the README shows committed results only: never a partial figure or one from local records
+    if item.docs and not problems and manifest.docs_dir is not None and all(c.published for c in checks):
         paths += _copy_to_docs(paths, manifest.docs_dir)
     return ItemResult(item.id, "partial" if problems else "ok", paths, problems, commands)
 

@@ -176,9 +176,16 @@ def test_figures_read_published_records_by_default(tmp_path, monkeypatch):
         "*Not yet published* (needs `statprune sweep toy_cls.toml && statprune publish toy_cls.toml`" in index
     )
 
-    # --results points elsewhere: the published records are not read
+    # --results points elsewhere: the published records are not read, and the README copy is not
+    # touched by records that are not committed
     elsewhere = build_figures(manifest, only=["calib_lm"], results_root=tmp_path / "results")
     assert elsewhere[0].status == "missing"
+    shutil.copytree(DATA / "toy_lm", tmp_path / "local" / "toy_lm")
+    (tmp_path / "docs" / "figures" / "calib_lm.md").unlink()
+    local = build_figures(manifest, only=["calib_lm"], results_root=tmp_path / "local")
+    assert local[0].status == "ok" and not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()
+    index = (tmp_path / "docs" / "figures" / "README.md").read_text()
+    assert "*Not yet published*" in index.split("## `calib_lm`")[1]
 
     # an outdated published record counts as not done, unless asked for
     rec_path = next(
@@ -188,7 +195,6 @@ def test_figures_read_published_records_by_default(tmp_path, monkeypatch):
     )
     rec = json.loads(rec_path.read_text())
     rec_path.write_text(json.dumps(rec | {"outdated": "record format 1 < 2"}))
-    (tmp_path / "docs" / "figures" / "calib_lm.md").unlink()
     stale = build_figures(manifest, only=["calib_lm"])[0]
     assert stale.status == "incomplete" and "1 outdated" in stale.problems[0]
     assert not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()

@@ -34,8 +34,8 @@ def test_published_records_load_and_cover_their_spec(folder):
     assert sorted(frame["run_id"]) == sorted(
         p.stem for p in folder.glob("*.json") if p.name != PROVENANCE_FILE
     )
-    study, published = study_source(REPO / prov["spec"], None, PUBLISHED)
-    assert published and study.results_dir == folder
+    study, source = study_source(REPO / prov["spec"], None, PUBLISHED)
+    assert source == "published" and study.results_dir == folder
     missing = {run_id for run_id, _, _ in study.expected or ()} - set(frame["run_id"])
     assert not missing, f"{prov['spec']} expects runs not published: {sorted(missing)}"
     text = "".join(p.read_text() for p in folder.glob("*.json"))
