@@ -222,7 +222,10 @@ def _provenance(
 
 
 def _rel(p: Path) -> str:
-    try:
-        return str(p.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(p)
+    """``p`` relative to the working directory, else to the source tree's root (specs live there)."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        try:
+            return str(p.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(p)
