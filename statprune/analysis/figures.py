@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -331,6 +332,8 @@ def build_item(
         return ItemResult(item.id, "error", problems=[str(e)])
     problems = [c.describe() for c in checks if not c.complete]
     commands = [c.command for c in checks if not c.complete]
+    if problems and item.docs and manifest.docs_dir is not None and all(c.published for c in checks):
+        _remove_from_docs(item, manifest.docs_dir)  # its published records no longer support it
     has_done = not frame.empty and frame["status"].eq("done").any()
     if not has_done:
         return ItemResult(item.id, "missing", problems=problems or ["no finished runs"], commands=commands)
@@ -345,6 +348,11 @@ def build_item(
     if item.docs and not problems and manifest.docs_dir is not None and all(c.published for c in checks):
         paths += _copy_to_docs(paths, manifest.docs_dir)
     return ItemResult(item.id, "partial" if problems else "ok", paths, problems, commands)
+
+
+def _remove_from_docs(item: ManifestItem, docs_dir: Path) -> None:
+    for ext in ("png", "md"):
+        (docs_dir / f"{item.id}.{ext}").unlink(missing_ok=True)
 
 
 def _copy_to_docs(paths: Sequence[Path], docs_dir: Path) -> list[Path]:
@@ -408,12 +416,14 @@ def write_docs_index(manifest: Manifest) -> Path:
     """``<docs_dir>/README.md``: each ``docs`` item with its caption, the command that draws it and
     its picture, or a marked placeholder while its records are not published. Derived from the
     manifest and the files present only, so it is byte-stable."""
-    assert manifest.docs_dir is not None
+    if manifest.docs_dir is None:
+        raise StatpruneError(f"{manifest.path} has no docs_dir")
+    link = Path(os.path.relpath(manifest.path.resolve(), manifest.docs_dir.resolve())).as_posix()
     lines = [
         "# Figures",
         "",
         "Written by `statprune figures` from the published run records (`results/published/`); "
-        "do not edit. Items: `docs = true` in [paper_figures/manifest.toml](../../paper_figures/manifest.toml).",
+        f"do not edit. Items: `docs = true` in [{_rel_root(manifest.path, manifest)}]({link}).",
         "",
     ]
     for it in manifest.items:
@@ -440,6 +450,6 @@ def write_docs_index(manifest: Manifest) -> Path:
 
 def _rel_root(p: Path, manifest: Manifest) -> str:
     try:
-        return str(Path(p).relative_to(manifest.root))
+        return Path(p).resolve().relative_to(manifest.root).as_posix()
     except ValueError:
         return str(p)

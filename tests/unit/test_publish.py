@@ -194,10 +194,12 @@ def test_figures_read_published_records_by_default(tmp_path, monkeypatch):
         if (c := json.loads(p.read_text())["config"])["model"] == "smollm2-135m" and c["sparsity"] == 0.4
     )
     rec = json.loads(rec_path.read_text())
+    build_figures(manifest, only=["calib_lm"])  # README copy back from the published records
+    assert (tmp_path / "docs" / "figures" / "calib_lm.md").exists()
     rec_path.write_text(json.dumps(rec | {"outdated": "record format 1 < 2"}))
     stale = build_figures(manifest, only=["calib_lm"])[0]
     assert stale.status == "incomplete" and "1 outdated" in stale.problems[0]
-    assert not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()
+    assert not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()  # withdrawn from the README
     partial = build_figures(manifest, only=["calib_lm"], allow_missing=True)[0]
     assert partial.status == "partial" and not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()
     assert build_figures(manifest, only=["calib_lm"], include_outdated=True)[0].status == "ok"
