@@ -7,7 +7,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup quickstart test test-all lint format clean
+.PHONY: setup quickstart test test-all lint format clean publish
 
 $(BIN)/statprune: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,14 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# a finished study's records → results/published/ (tracked), then every figure redrawn:
+#   make publish SPEC=experiments/minilm_movie.toml
+publish: setup
+	test -n "$(SPEC)" || { echo "usage: make publish SPEC=experiments/<study>.toml"; exit 2; }
+	$(BIN)/statprune publish $(SPEC)
+	$(BIN)/statprune figures --allow-missing
+	@echo "then: git add results/published paper_figures/ci docs/figures && git commit"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,4 +1,5 @@
-"""``statprune report SPEC`` and ``statprune figures``: tables and plots from sweep records."""
+"""``statprune report SPEC``, ``statprune figures`` and ``statprune publish SPEC``: tables and plots
+from sweep records, and the tracked copy of a finished study's records they are drawn from."""
 
 from __future__ import annotations
 
@@ -41,8 +42,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="draw what exists from incomplete studies and exit 0 even when studies are missing",
     )
+    f.add_argument(
+        "--include-outdated",
+        action="store_true",
+        help="count published records made by older code (marked `outdated`) as done",
+    )
     f.add_argument("--list", action="store_true", help="list the manifest's ids and exit")
     f.set_defaults(func=_figures)
+
+    pub = subparsers.add_parser(
+        "publish",
+        help="copy a study's done run records into results/published/<study>/ (tracked) with provenance",
+        description="Copy the JSON record of every done run of the study (never weights or checkpoints; "
+        "home paths become ~) into <to>/<study>/, remove earlier copies of runs no longer done, and write "
+        "PROVENANCE.json. Records from code older than the study's compatible-since commit, or of an "
+        "older record format, are marked `outdated`; `statprune figures` leaves them out.",
+    )
+    pub.add_argument("spec", help="sweep spec TOML (experiments/*.toml)")
+    pub.add_argument(
+        "--results",
+        metavar="DIR",
+        help="where the sweep wrote (default: the spec's results_dir, else ./results)",
+    )
+    pub.add_argument(
+        "--to", metavar="DIR", default="results/published", help="published root (default %(default)s)"
+    )
+    pub.add_argument(
+        "--compatible-since",
+        metavar="COMMIT",
+        help="records made before this commit are outdated (kept in PROVENANCE.json for later publishes)",
+    )
+    pub.add_argument("--reason", default="", help="what changed at --compatible-since (recorded)")
+    pub.set_defaults(func=_publish)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -73,6 +104,7 @@ def _figures(args: argparse.Namespace) -> int:
         only=args.only,
         allow_missing=args.allow_missing,
         results_root=Path(args.results) if args.results else None,
+        include_outdated=args.include_outdated,
     )
     bad = 0
     for r in results:
@@ -92,6 +124,26 @@ def _figures(args: argparse.Namespace) -> int:
         for c in commands:
             print(f"  {c}")
     return 1 if bad else 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from statprune.analysis.publish import publish_study
+
+    r = publish_study(
+        args.spec,
+        results_root=args.results,
+        dest_root=args.to,
+        compatible_since=args.compatible_since,
+        reason=args.reason,
+    )
+    print(f"published {len(r.published)} done runs of {r.study!r} to {_rel(r.dest)}")
+    if r.skipped:
+        print("not published: " + ", ".join(f"{n} {s}" for s, n in r.skipped.items()))
+    if r.removed:
+        print(f"removed {len(r.removed)} earlier copies: {', '.join(r.removed)}")
+    for run_id, why in r.outdated.items():
+        print(f"outdated {run_id}: {why}")
+    return 0
 
 
 def _rel(p: Path) -> Path:

@@ -5,7 +5,14 @@ reads, and a filter of the runs. :func:`build_figures` checks each study before 
 whose selected runs are not all ``done`` is *not* drawn (a half-finished figure looks like a
 result) unless ``allow_missing``, and the problem names the exact ``statprune sweep`` command that
 completes it. Outputs go to ``paper_figures/out/`` (gitignored), or to ``paper_figures/ci/``
-(committed) for items marked ``ci = true`` — the small study that CI runs for real.
+(committed) for items marked ``ci = true`` — the small study that CI runs for real. Items marked
+``docs = true`` also land, once complete, in ``docs/figures/<id>.png`` (``.md`` for tables), which
+the README shows; ``docs/figures/README.md`` indexes them with caption and command.
+
+Where records are read (per study): ``--results DIR`` or the manifest's ``results_root`` when given;
+otherwise the published records ``results/published/<study>/`` (tracked; :mod:`.publish`) when that
+folder exists, else the spec's ``results_dir`` (default ``results/``). Published records marked
+``outdated`` count as not done unless ``include_outdated``.
 
 Manifest format (paths relative to ``root``, which is relative to the manifest's folder)::
 
@@ -13,7 +20,9 @@ Manifest format (paths relative to ``root``, which is relative to the manifest's
     root = ".."                      # the project root
     out_dir = "paper_figures/out"
     ci_dir = "paper_figures/ci"
-    results_root = "results"          # optional; else each spec's results_dir, else results/
+    results_root = "results"          # optional; else published, else each spec's results_dir/results
+    published_root = "results/published"
+    docs_dir = "docs/figures"
 
     [figure.accuracy_vs_flops_minilm]
     kind = "metric_vs_flops"          # metric_vs_flops | metric_vs_calib | prune_time_vs_params | layer_heatmap
@@ -29,8 +38,11 @@ Manifest format (paths relative to ``root``, which is relative to the manifest's
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
+import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +84,8 @@ def _table_kinds() -> dict[str, Callable[..., Any]]:
 
 FIGURE_KINDS = ("metric_vs_flops", "metric_vs_calib", "prune_time_vs_params", "layer_heatmap")
 TABLE_KINDS = ("comparison", "prune_time", "calib")
-ITEM_KEYS = {"kind", "spec", "specs", "where", "metric", "method", "ci", "caption", "formats"}
-DEFAULT_KEYS = {"root", "out_dir", "ci_dir", "results_root"}
+ITEM_KEYS = {"kind", "spec", "specs", "where", "metric", "method", "ci", "docs", "caption", "formats"}
+DEFAULT_KEYS = {"root", "out_dir", "ci_dir", "results_root", "published_root", "docs_dir"}
 
 
 # --------------------------------------------------------------------------- manifest
@@ -91,6 +103,7 @@ class ManifestItem:
     metric: str | None = None
     method: str | None = None  # layer_heatmap: whose pruning pattern (default stat)
     ci: bool = False
+    docs: bool = False  # also copy the PNG (table: Markdown) to the manifest's docs_dir once complete
     caption: str = ""
     formats: tuple[str, ...] = ()
 
@@ -103,6 +116,8 @@ class Manifest:
     ci_dir: Path
     results_root: Path | None
     items: tuple[ManifestItem, ...]
+    published_root: Path | None = None
+    docs_dir: Path | None = None
 
     def ids(self) -> list[str]:
         return [it.id for it in self.items]
@@ -165,6 +180,7 @@ def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> Manifest:
                     metric=t.get("metric"),
                     method=t.get("method"),
                     ci=bool(t.get("ci", False)),
+                    docs=bool(t.get("docs", False)),
                     caption=str(t.get("caption", "")),
                     formats=formats,
                 )
@@ -180,18 +196,24 @@ def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> Manifest:
         ci_dir=root / defaults.get("ci_dir", "paper_figures/ci"),
         results_root=(root / results_root) if results_root else None,
         items=tuple(items),
+        published_root=root / defaults.get("published_root", "results/published"),
+        docs_dir=root / defaults.get("docs_dir", "docs/figures"),
     )
 
 
 # --------------------------------------------------------------------------- completeness
 
 
-def sweep_command(spec: Path, *, retry_failed: bool = False, results_root: Path | None = None) -> str:
-    """The command that (re)runs what a study lacks; finished runs are skipped by the sweep."""
+def sweep_command(
+    spec: Path, *, retry_failed: bool = False, results_root: Path | None = None, publish: bool = False
+) -> str:
+    """The command that (re)runs what a study lacks; finished runs are skipped by the sweep.
+    ``publish``: the study is read from published records, so publish after sweeping."""
     cmd = f"statprune sweep {_rel(spec)}"
     if results_root is not None:
         cmd += f" --results {_rel(results_root)}"
-    return cmd + (" --retry-failed" if retry_failed else "")
+    cmd += " --retry-failed" if retry_failed else ""
+    return cmd + (f" && statprune publish {_rel(spec)}" if publish else "")
 
 
 def _rel(p: Path) -> str:
@@ -209,6 +231,7 @@ class StudyCheck:
     spec: Path
     counts: dict[str, int]
     command: str
+    published: bool = False  # read from the published (committed) records
 
     @property
     def complete(self) -> bool:
@@ -222,15 +245,19 @@ class StudyCheck:
         return f"study {self.study!r}: {parts} of {total} selected runs → {self.command}"
 
 
-def check_study(study: StudyRef, frame: pd.DataFrame, results_root: Path | None = None) -> StudyCheck:
-    """Status counts of ``frame`` (this study's selected rows, with ``missing`` rows for expected runs)."""
+def check_study(
+    study: StudyRef, frame: pd.DataFrame, results_root: Path | None = None, *, source: str = "given"
+) -> StudyCheck:
+    """Status counts of ``frame`` (this study's selected rows, with ``missing`` rows for expected runs);
+    ``source`` as :func:`study_source` says (unless ``given``, the command ends with a publish)."""
     counts = status_counts(frame)
     cmd = sweep_command(
         study.spec_path,
         retry_failed=bool(counts.get("failed") or counts.get("cancelled")),
         results_root=results_root,
+        publish=source != "given",
     )
-    return StudyCheck(study.name, study.spec_path, counts, cmd)
+    return StudyCheck(study.name, study.spec_path, counts, cmd, published=source == "published")
 
 
 # --------------------------------------------------------------------------- building
@@ -249,18 +276,48 @@ class ItemResult:
         return self.status == "ok"
 
 
-def select_runs(item: ManifestItem, results_root: Path | None) -> tuple[pd.DataFrame, list[StudyCheck]]:
-    """The item's filtered runs over its studies, and each study's completeness check."""
-    studies = [resolve_study(s, results_root) for s in item.specs]
-    frame = apply_filter(load_studies(studies), item.where)
-    checks = [check_study(st, frame[frame["study"] == st.name], results_root) for st in studies]
+def study_source(spec: Path, results_root: Path | None, published_root: Path | None) -> tuple[StudyRef, str]:
+    """The study of ``spec`` and where it is read from: ``given`` (``results_root``), else
+    ``published`` (``published_root/<study>/`` exists), else ``local`` (the spec's results folder)."""
+    study = resolve_study(spec, results_root)
+    if results_root is None and published_root is not None:
+        published = published_root / study.name
+        if published.is_dir():
+            return dataclasses.replace(study, results_dir=published), "published"
+        return study, "local"
+    return study, "given"
+
+
+def select_runs(
+    item: ManifestItem,
+    results_root: Path | None,
+    published_root: Path | None = None,
+    *,
+    include_outdated: bool = False,
+) -> tuple[pd.DataFrame, list[StudyCheck]]:
+    """The item's filtered runs over its studies, and each study's completeness check. Outdated
+    published records get status ``outdated`` (not done) unless ``include_outdated``."""
+    sources = [study_source(s, results_root, published_root) for s in item.specs]
+    frame = apply_filter(load_studies([st for st, _ in sources]), item.where)
+    if not include_outdated and "outdated" in frame:
+        frame = frame.copy()
+        frame.loc[frame["status"].eq("done") & frame["outdated"].notna(), "status"] = "outdated"
+    checks = [
+        check_study(st, frame[frame["study"] == st.name], results_root, source=src) for st, src in sources
+    ]
     return frame, checks
 
 
 def build_item(
-    item: ManifestItem, manifest: Manifest, *, allow_missing: bool = False, results_root: Path | None = None
+    item: ManifestItem,
+    manifest: Manifest,
+    *,
+    allow_missing: bool = False,
+    results_root: Path | None = None,
+    include_outdated: bool = False,
 ) -> ItemResult:
-    """Check the item's studies, then draw and save it (or say why not)."""
+    """Check the item's studies, then draw and save it (or say why not); a ``docs`` item drawn
+    complete from published records only is copied to the manifest's docs folder too."""
     results_root = results_root or manifest.results_root
     missing_specs = [s for s in item.specs if not s.is_file()]
     if missing_specs:
@@ -268,11 +325,15 @@ def build_item(
             item.id, "missing", problems=[f"sweep spec {_rel(s)} does not exist" for s in missing_specs]
         )
     try:
-        frame, checks = select_runs(item, results_root)
+        frame, checks = select_runs(
+            item, results_root, manifest.published_root, include_outdated=include_outdated
+        )
     except StatpruneError as e:
         return ItemResult(item.id, "error", problems=[str(e)])
     problems = [c.describe() for c in checks if not c.complete]
     commands = [c.command for c in checks if not c.complete]
+    if problems and item.docs and manifest.docs_dir is not None and all(c.published for c in checks):
+        _remove_from_docs(item, manifest.docs_dir)  # its published records no longer support it
     has_done = not frame.empty and frame["status"].eq("done").any()
     if not has_done:
         return ItemResult(item.id, "missing", problems=problems or ["no finished runs"], commands=commands)
@@ -283,7 +344,24 @@ def build_item(
         paths = render_item(item, frame, out_dir)
     except StatpruneError as e:
         return ItemResult(item.id, "error", problems=[str(e)])
+    # the README shows committed results only: never a partial figure or one from local records
+    if item.docs and not problems and manifest.docs_dir is not None and all(c.published for c in checks):
+        paths += _copy_to_docs(paths, manifest.docs_dir)
     return ItemResult(item.id, "partial" if problems else "ok", paths, problems, commands)
+
+
+def _remove_from_docs(item: ManifestItem, docs_dir: Path) -> None:
+    for ext in ("png", "md"):
+        (docs_dir / f"{item.id}.{ext}").unlink(missing_ok=True)
+
+
+def _copy_to_docs(paths: Sequence[Path], docs_dir: Path) -> list[Path]:
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in paths:
+        if p.suffix in (".png", ".md"):
+            out.append(Path(shutil.copyfile(p, docs_dir / p.name)))
+    return out
 
 
 def render_item(item: ManifestItem, frame: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -315,9 +393,63 @@ def build_figures(
     only: Sequence[str] | None = None,
     allow_missing: bool = False,
     results_root: Path | None = None,
+    include_outdated: bool = False,
 ) -> list[ItemResult]:
-    """Build every selected item of the manifest; see :func:`build_item`."""
-    return [
-        build_item(it, manifest, allow_missing=allow_missing, results_root=results_root)
+    """Build every selected item of the manifest (see :func:`build_item`), then rewrite the docs
+    index when the manifest has ``docs`` items."""
+    results = [
+        build_item(
+            it,
+            manifest,
+            allow_missing=allow_missing,
+            results_root=results_root,
+            include_outdated=include_outdated,
+        )
         for it in manifest.select(only)
     ]
+    if manifest.docs_dir is not None and any(it.docs for it in manifest.items):
+        write_docs_index(manifest)
+    return results
+
+
+def write_docs_index(manifest: Manifest) -> Path:
+    """``<docs_dir>/README.md``: each ``docs`` item with its caption, the command that draws it and
+    its picture, or a marked placeholder while its records are not published. Derived from the
+    manifest and the files present only, so it is byte-stable."""
+    if manifest.docs_dir is None:
+        raise StatpruneError(f"{manifest.path} has no docs_dir")
+    link = Path(os.path.relpath(manifest.path.resolve(), manifest.docs_dir.resolve())).as_posix()
+    lines = [
+        "# Figures",
+        "",
+        "Written by `statprune figures` from the published run records (`results/published/`); "
+        f"do not edit. Items: `docs = true` in [{_rel_root(manifest.path, manifest)}]({link}).",
+        "",
+    ]
+    for it in manifest.items:
+        if not it.docs:
+            continue
+        lines += [f"## `{it.id}`", ""]
+        if it.caption:
+            lines += [it.caption, ""]
+        name = f"{it.id}.png" if it.output == "figure" else f"{it.id}.md"
+        if (manifest.docs_dir / name).is_file():
+            lines += [f"`statprune figures --only {it.id}`", ""]
+            lines += [f"![{it.id}]({name})" if it.output == "figure" else f"[{name}]({name})", ""]
+        else:
+            cmds = " && ".join(
+                f"statprune sweep {_rel_root(s, manifest)} && statprune publish {_rel_root(s, manifest)}"
+                for s in it.specs
+            )
+            lines += [f"*Not yet published* (needs `{cmds}`, then `statprune figures --only {it.id}`).", ""]
+    path = manifest.docs_dir / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _rel_root(p: Path, manifest: Manifest) -> str:
+    try:
+        return Path(p).resolve().relative_to(manifest.root).as_posix()
+    except ValueError:
+        return str(p)

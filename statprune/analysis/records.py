@@ -12,7 +12,8 @@ reference of the run's model/task, the same for every run of that pair, failed o
 ``sparsity_achieved, flops_kept`` (fractions of prunable FLOPs), ``flops_dense, flops_pruned,
 params_dense, params_pruned, params_kept``; ``prune_seconds, total_seconds, peak_memory_bytes``;
 per-layer ``layer_heads, layer_neurons`` and their ``*_dense`` (lists); ``error_type,
-error_message``; ``started, finished``.
+error_message``; ``started, finished``; ``outdated`` (why a published record comes from older code,
+see :mod:`.publish`; else None).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from statprune.io import load_toml
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("done", "failed", "running", "cancelled", "missing", "unreadable")
+# "outdated": a done published record from older code (statprune.analysis.publish), when excluded
+STATUSES = ("done", "outdated", "failed", "running", "cancelled", "missing", "unreadable")
 CONFIG_COLUMNS = (
     "model",
     "task",
@@ -161,6 +163,7 @@ def _flatten_record(rec: Mapping[str, Any], path: Path, study: str) -> dict[str,
         "name": rec.get("name"),
         "status": rec.get("status", "unreadable"),
         "path": str(path),
+        "outdated": rec.get("outdated"),  # why a published record is from older code, else None
     }
     for key in CONFIG_COLUMNS:
         row[key] = cfg.get(key)
