@@ -23,6 +23,7 @@ from torch import nn
 
 from statprune.adapters import Adapter
 from statprune.errors import StatpruneError
+from statprune.streaming import LayerStreamer
 
 
 @dataclass
@@ -94,7 +95,9 @@ class LayerWalk:
 
     Hidden states stay on ``device`` in ``store_dtype`` (bf16 halves the memory of a 7B walk), or
     in pinned CPU memory with ``offload=True`` (moved to ``device`` one batch at a time, without
-    blocking the host); each layer runs in the model's dtype.
+    blocking the host); each layer runs in the model's dtype. With a ``stream``
+    (:class:`~statprune.streaming.LayerStreamer`) the weights stay in host memory and a layer is on
+    ``device`` only between the caller's ``stream.fetch(i)`` and ``stream.release(i)``.
     """
 
     def __init__(
@@ -105,8 +108,10 @@ class LayerWalk:
         device: torch.device | None = None,
         store_dtype: torch.dtype | None = None,
         offload: bool = False,
+        stream: LayerStreamer | None = None,
     ) -> None:
         self.adapter = adapter
+        self.stream = stream
         self.calib = calib
         self.device = torch.device(device) if device is not None else adapter.device
         self.store_dtype = store_dtype
