@@ -192,6 +192,8 @@ class LayerWalk:
         finally:
             for hd in handles:
                 hd.remove()
+            if self.stream is not None:
+                self.stream.settle()
         return outs
 
     def advance(self, outputs: list[torch.Tensor]) -> None:

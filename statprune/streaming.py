@@ -8,7 +8,8 @@ host tensors back (no copy back); a layer the walk modified (pruned) is copied b
 
 The next layer is copied ahead on a side CUDA stream by a helper thread while the current one
 computes: a copy from pageable host memory blocks the thread that issues it, so issuing it from the
-walk's thread would serialise it with the compute. Weights are not pinned (pinning a 26 GB model
+walk's thread would serialise it with the compute. The thread is joined when the layer's forward
+ends (:meth:`LayerStreamer.settle`), before any factorization captures a CUDA graph. Weights are not pinned (pinning a 26 GB model
 costs a full host copy and locks the RAM for the process's lifetime).
 """
 
@@ -63,6 +64,18 @@ def module_bytes(module: nn.Module) -> int:
     for t in list(module.parameters()) + list(module.buffers()):
         seen[id(t)] = t.numel() * t.element_size()
     return sum(seen.values())
+
+
+def device_free_bytes(device: torch.device) -> int:
+    """Free device memory this process may still take: the driver's free memory plus the allocator's
+    cached blocks, capped by ``torch.cuda.set_per_process_memory_fraction`` when one is set."""
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    free += torch.cuda.memory_reserved(device) - allocated
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    if get_fraction is not None:
+        free = min(free, int(get_fraction(device) * total) - allocated)
+    return max(free, 0)
 
 
 def move_outside_layers(model: nn.Module, layers: nn.ModuleList, device: torch.device) -> None:
@@ -140,6 +153,13 @@ class LayerStreamer:
             return
         for s in slots:
             _assign(s, s.host)
+
+    def settle(self) -> None:
+        """Wait until every prefetch has been issued (its thread done): CUDA graph capture in global
+        mode, as the factorizations use it, must not overlap another thread's CUDA calls."""
+        for job in self.pending.values():
+            if job.thread is not None:
+                job.thread.join()
 
     def close(self) -> None:
         """Wait for any prefetch still running, drop it, and send back any layer still resident."""

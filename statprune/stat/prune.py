@@ -49,7 +49,7 @@ from statprune.stat.allocate import paper_allocation
 from statprune.stat.heads import head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
-from statprune.streaming import LayerStreamer, module_bytes, move_outside_layers
+from statprune.streaming import LayerStreamer, device_free_bytes, module_bytes, move_outside_layers
 from statprune.timing import StageTimer
 
 
@@ -265,8 +265,7 @@ def _stream_weights(mode: str, model: torch.nn.Module, home: torch.device, devic
         return mode == "stream"
     if device.type != "cuda" or home == device:
         return False
-    free, _ = torch.cuda.mem_get_info(device)
-    return module_bytes(model) > 0.75 * free
+    return module_bytes(model) > 0.75 * device_free_bytes(device)
 
 
 def resolve_device(name: str | None, current: torch.device) -> torch.device:
@@ -284,8 +283,7 @@ def _offload(
         return True
     itemsize = torch.empty((), dtype=store or adapter.dtype).element_size()
     need = 2 * sum(b["input_ids"].numel() for b in calib.batches) * adapter.hidden_size * itemsize
-    free, _ = torch.cuda.mem_get_info(device)
-    return need > 0.5 * free
+    return need > 0.5 * device_free_bytes(device)
 
 
 @register_method("stat", StatOptions)
