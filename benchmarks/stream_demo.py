@@ -39,6 +39,8 @@ def cmd_one(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(args.cap_gib * 2**30 / total)
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
+    # weights=auto reads the cap through torch.cuda.get_per_process_memory_fraction (newer PyTorch)
+    weights = "auto" if hasattr(torch.cuda, "get_per_process_memory_fraction") else "stream"
     calib = synthetic_calibration(args.calib, args.seq_len, model.config.vocab_size, batch_size=8, seed=0)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -47,7 +49,11 @@ def cmd_one(args: argparse.Namespace) -> dict[str, Any]:
         calib,
         Target(args.sparsity, float(args.seq_len)),
         seed=0,
-        options={"progress": False, "device": "cuda"},
+        options={
+            "progress": False,
+            "device": "cuda",
+            "weights": weights if args.mode == "stream" else "auto",
+        },
     )
     torch.cuda.synchronize()
     prune_s = time.perf_counter() - t0
@@ -69,6 +75,7 @@ def cmd_one(args: argparse.Namespace) -> dict[str, Any]:
         "prune_seconds": prune_s,
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        "weights_option": res.options["weights"],
         "weights_streamed": res.diagnostics["weights_streamed"],
         "hidden_offloaded": res.diagnostics["hidden_offloaded"],
         "model_device_after": str(next(model.parameters()).device),
