@@ -8,6 +8,7 @@ a GPU: benchmarks/stream_demo.py measures it).
 import copy
 
 import pytest
+import torch
 
 from statprune.adapters import get_adapter
 from statprune.pruner import Target, prune
@@ -73,3 +74,22 @@ def test_auto_does_not_stream_on_cpu():
         prune(
             tiny_model("llama"), random_calibration(), Target(0.3, 20), options={**QUIET, "weights": "disk"}
         )
+
+
+def test_streamer_puts_host_tensors_back_after_a_read_and_keeps_writes():
+    from statprune.streaming import LayerStreamer, module_bytes
+
+    layers = get_adapter(tiny_model("llama", layers=2)).layers()
+    s = LayerStreamer(layers, torch.device("cpu"))
+    w0, w1 = layers[0].mlp.down_proj.weight, layers[1].mlp.down_proj.weight
+    host0, ref0, ref1 = w0.data_ptr(), w0.detach().clone(), w1.detach().clone()
+    s.fetch(0)
+    assert w0.data_ptr() != host0 and torch.equal(w0, ref0)  # a copy, same values
+    w0.data.mul_(2.0)  # changes the copy only
+    s.release(0, modified=False)
+    assert w0.data_ptr() == host0 and torch.equal(w0, ref0)  # host tensors back, untouched
+    s.fetch(1)
+    w1.data.mul_(2.0)
+    s.release(1, modified=True)
+    assert torch.equal(w1, 2.0 * ref1)  # a modified layer keeps its new weights
+    assert not s.resident and s.bytes_moved == sum(module_bytes(layer) for layer in layers)
