@@ -9,7 +9,9 @@ does not grow with the number of calibration tokens beyond one layer's activatio
 Memory discipline for large models (7B on one GPU): the walk holds the calibration set's hidden
 states at one layer boundary only (inputs and outputs of the current layer), in ``store_dtype``
 (bf16 for bf16 models), on the compute device when they fit or in pinned CPU memory
-(``offload=True``), copied to the GPU one batch at a time. Gram accumulators are float64.
+(``offload=True``), copied to the GPU one batch at a time. Gram accumulators are float64. Models larger than the GPU
+keep their weights in host memory and pass a ``stream`` (statprune/streaming.py) that moves one
+layer at a time.
 """
 
 from __future__ import annotations
