@@ -9,7 +9,9 @@ does not grow with the number of calibration tokens beyond one layer's activatio
 Memory discipline for large models (7B on one GPU): the walk holds the calibration set's hidden
 states at one layer boundary only (inputs and outputs of the current layer), in ``store_dtype``
 (bf16 for bf16 models), on the compute device when they fit or in pinned CPU memory
-(``offload=True``), copied to the GPU one batch at a time. Gram accumulators are float64.
+(``offload=True``), copied to the GPU one batch at a time. Gram accumulators are float64. Models larger than the GPU
+keep their weights in host memory and pass a ``stream`` (statprune/streaming.py) that moves one
+layer at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from statprune.adapters import Adapter
 from statprune.errors import StatpruneError
+from statprune.streaming import LayerStreamer
 
 
 @dataclass
@@ -94,7 +97,9 @@ class LayerWalk:
 
     Hidden states stay on ``device`` in ``store_dtype`` (bf16 halves the memory of a 7B walk), or
     in pinned CPU memory with ``offload=True`` (moved to ``device`` one batch at a time, without
-    blocking the host); each layer runs in the model's dtype.
+    blocking the host); each layer runs in the model's dtype. With a ``stream``
+    (:class:`~statprune.streaming.LayerStreamer`) the weights stay in host memory and a layer is on
+    ``device`` only between the caller's ``stream.fetch(i)`` and ``stream.release(i)``.
     """
 
     def __init__(
@@ -105,8 +110,10 @@ class LayerWalk:
         device: torch.device | None = None,
         store_dtype: torch.dtype | None = None,
         offload: bool = False,
+        stream: LayerStreamer | None = None,
     ) -> None:
         self.adapter = adapter
+        self.stream = stream
         self.calib = calib
         self.device = torch.device(device) if device is not None else adapter.device
         self.store_dtype = store_dtype
@@ -187,6 +194,8 @@ class LayerWalk:
         finally:
             for hd in handles:
                 hd.remove()
+            if self.stream is not None:
+                self.stream.settle()
         return outs
 
     def advance(self, outputs: list[torch.Tensor]) -> None:

@@ -202,11 +202,14 @@ def run_prune(
     say = say or (lambda msg: None)
     task = job.serving_task()
     device = resolve_device(job.device)
+    # STAT weights=stream: a model larger than the GPU is loaded into host memory and streamed
+    stream = job.options.get("weights") == "stream" and device.type != "cpu"
     if model is None:
         with timer("load"):
-            say(f"load {job.model} ({job.dtype}, {device})")
+            load_on = torch.device("cpu") if stream else device
+            say(f"load {job.model} ({job.dtype}, {load_on})")
             model, tokenizer = load_model(
-                job.model, task=task, dtype=resolve_dtype(job.dtype), device=str(device)
+                job.model, task=task, dtype=resolve_dtype(job.dtype), device=str(load_on)
             )
     data: dict[str, Any] = {}
     if calib is None:
@@ -239,7 +242,7 @@ def run_prune(
             target,
             method=job.method,
             seed=job.seed,
-            options={**(extra_options or {}), **job.options},
+            options={**(extra_options or {}), **({"device": str(device)} if stream else {}), **job.options},
             adapter=adapter,
         )
     return PruneRun(model, tokenizer, result, calib, target, data, device)

@@ -76,6 +76,14 @@ for _shape in (
         "Llama-2-7B: 32 layers, d4096, 32 heads (MHA), ff11008 (6.7 B params)",
     ),
     Shape(
+        "llama-2-13b",
+        "llama",
+        dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+             num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096,
+             tie_word_embeddings=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2, **_LLAMA),
+        "Llama-2-13B: 40 layers, d5120, 40 heads (MHA), ff13824 (13.0 B params)",
+    ),
+    Shape(
         "llama-3-8b",
         "llama",
         dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,

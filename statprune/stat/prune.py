@@ -20,6 +20,12 @@ pruned layer's neuron count a multiple of m, still meeting the FLOPs target (wit
 because GEMMs whose dimensions are not multiples of 8 lose the fast tensor-core kernels on GPUs
 (BERT-base at 50%: 1.26× faster than dense with m=1, 2.35× with m=8). ``profile=true`` synchronises around every
 Gram update so that ``timings`` splits ``gram`` from ``calibration_forward`` (the forward alone).
+
+Models larger than the device (option ``weights``): ``stream`` keeps the model in host memory and
+moves one layer at a time to ``device`` in both walks (statprune/streaming.py), the next layer
+copied ahead while the current one computes; the pruned model ends in host memory, where it was.
+``auto`` (default) streams when a host model's weights exceed 3/4 of the device's free memory,
+else moves the whole model to ``device`` (where it stays); ``device`` always moves it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from statprune.stat.allocate import paper_allocation
 from statprune.stat.heads import head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
+from statprune.streaming import LayerStreamer, device_free_bytes, module_bytes, move_outside_layers
 from statprune.timing import StageTimer
 
 
@@ -63,6 +70,7 @@ class StatOptions:
     profile: bool = False
     neuron_multiple: int = 8
     progress: bool = True
+    weights: Literal["auto", "device", "stream"] = "auto"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sketch_ratio <= 1.0:
@@ -159,6 +167,7 @@ def measure_curves(
     curves: list[BlockCurve] = []
     for i in tqdm(range(adapter.num_layers), desc="stat: measure", disable=not progress):
         scale = walk.energy() if opts.error_norm == "residual" else 1.0
+        _fetch(walk, i, timer)
         grams = _grams(adapter, i, walk.device, True, True, opts, seed, 0)
         with timer("calibration_forward"):
             outs = walk.run(i, _hooks(grams, timer))
@@ -179,6 +188,7 @@ def measure_curves(
         )
         curves.append(BlockCurve(i, "heads", h_err / scale, head_unit_flops))
         curves.append(BlockCurve(i, "neurons", n_err / scale, costs.neuron, pivots=piv / scale**0.5))
+        _release(walk, i, timer, modified=False)
         walk.advance(outs)
     return curves
 
@@ -208,6 +218,7 @@ def apply_pruning(
 ) -> None:
     for i in tqdm(range(adapter.num_layers), desc="stat: prune", disable=not progress):
         k_heads, k_neurons = kept[(i, "heads")], kept[(i, "neurons")]
+        _fetch(walk, i, timer)
         grams = _grams(adapter, i, walk.device, True, not opts.repropagate, opts, seed, 1)
         with timer("calibration_forward"):
             outs = walk.run(i, _hooks(grams, timer), keep_outputs=not opts.repropagate)
@@ -232,7 +243,29 @@ def apply_pruning(
         if opts.repropagate:
             with timer("calibration_forward"):
                 outs = walk.run(i)
+        _release(walk, i, timer, modified=True)
         walk.advance(outs)
+
+
+def _fetch(walk: LayerWalk, i: int, timer: _Timer) -> None:
+    if walk.stream is not None:
+        with timer("weight_transfer"):
+            walk.stream.fetch(i)
+
+
+def _release(walk: LayerWalk, i: int, timer: _Timer, *, modified: bool) -> None:
+    if walk.stream is not None:
+        with timer("weight_transfer"):
+            walk.stream.release(i, modified=modified)
+
+
+def _stream_weights(mode: str, model: torch.nn.Module, home: torch.device, device: torch.device) -> bool:
+    """Stream layers when asked, or (``auto``) when a host model would not leave room on the device."""
+    if mode != "auto":
+        return mode == "stream"
+    if device.type != "cuda" or home == device:
+        return False
+    return module_bytes(model) > 0.75 * device_free_bytes(device)
 
 
 def resolve_device(name: str | None, current: torch.device) -> torch.device:
@@ -250,8 +283,7 @@ def _offload(
         return True
     itemsize = torch.empty((), dtype=store or adapter.dtype).element_size()
     need = 2 * sum(b["input_ids"].numel() for b in calib.batches) * adapter.hidden_size * itemsize
-    free, _ = torch.cuda.mem_get_info(device)
-    return need > 0.5 * free
+    return need > 0.5 * device_free_bytes(device)
 
 
 @register_method("stat", StatOptions)
@@ -261,15 +293,20 @@ def stat_prune(
 ) -> MethodOutput:
     """Prune ``model`` in place with STAT (deterministic given the calibration draw and seed)."""
     adapter.require("heads", "neurons", method="stat")
-    device = resolve_device(options.device, adapter.device)
-    if device != adapter.device:
+    home = adapter.device
+    device = resolve_device(options.device, home)
+    streamed = _stream_weights(options.weights, model, home, device)
+    stream = LayerStreamer(adapter.layers(), device) if streamed else None
+    if streamed:
+        move_outside_layers(model, adapter.layers(), device)
+    elif device != home:
         model.to(device)
     timer = _Timer(device, options.profile)
     store = _store_dtype(options.store_dtype)
     offload = _offload(options.hidden_device, adapter, calib, device, store)
     try:
         with timer("calibration_forward"):
-            walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload)
+            walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload, stream=stream)
         curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed)
         with timer("allocation"):
             kept = allocate(adapter, curves, target, options)
@@ -278,6 +315,9 @@ def stat_prune(
         apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
         del walk
     finally:
+        if stream is not None:
+            stream.close()
+            move_outside_layers(model, adapter.layers(), home)
         clear_workspaces()
     return MethodOutput(
         timings=timer.report(),
@@ -286,5 +326,6 @@ def stat_prune(
             "predicted_error": float(sum(float(c.errors[kept[(c.layer, c.kind)]]) for c in curves)),
             "device": str(device),
             "hidden_offloaded": offload,
+            "weights_streamed": streamed,
         },
     )
