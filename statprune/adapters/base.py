@@ -166,6 +166,16 @@ class Adapter(ABC):
 
     # --- generic ---------------------------------------------------------------------
     @property
+    def causal(self) -> bool:
+        """Tokens attend to earlier tokens only (decoders): the FLOPs model counts half the attention core.
+
+        Families set it as a class attribute; this fallback asks transformers' causal-LM mapping.
+        """
+        from statprune.models.load import is_decoder
+
+        return is_decoder(self.config)
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers())
 
