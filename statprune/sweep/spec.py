@@ -292,9 +292,9 @@ def _settings(where: str, raw: Mapping[str, Any], base: Settings) -> Settings:
 
 
 def _methods(where: str, raw: Any) -> tuple[MethodSpec, ...]:
-    from statprune.pruner import METHODS, method_options
+    from statprune.methods import METHODS
+    from statprune.pruner import method_options
 
-    _register_methods()
     entries = _list(where, raw)
     out: list[MethodSpec] = []
     for i, entry in enumerate(entries):
@@ -323,12 +323,6 @@ def _methods(where: str, raw: Any) -> tuple[MethodSpec, ...]:
     if dup:
         raise _err(where, f"duplicate method label(s) {', '.join(dup)}: give each entry a distinct 'label'")
     return tuple(out)
-
-
-def _register_methods() -> None:
-    """Import the method packages so the METHODS registry is complete."""
-    import statprune.baselines
-    import statprune.stat  # noqa: F401
 
 
 def _task_names() -> Any:
