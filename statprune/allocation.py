@@ -127,3 +127,49 @@ def round_neurons(kept: dict, curves: list[BlockCurve], multiple: int, to_remove
             removed -= (up - out[k]) * c.unit_flops
             out[k] = up
     return out
+
+
+def uniform_allocation(
+    curves: list[BlockCurve], flops_to_remove: float, head_share: float | None = None
+) -> dict[tuple[int, str], int]:
+    """Every block loses the same fraction of its FLOPs (the per-layer rule of magnitude/FLAP baselines).
+
+    With ``head_share`` h, heads blocks together give h of ``flops_to_remove`` and neuron blocks the
+    rest, each kind still uniform across layers. A block that reaches ``min_units`` stops and the
+    others share its deficit (water-filling). Fractional unit counts are rounded by largest remainder
+    until the target is met, so it is met within one unit.
+    """
+    kept = {(c.layer, c.kind): c.n_units for c in curves}
+    if flops_to_remove <= 0 or not curves:
+        return kept
+    flops = [c.n_units * c.unit_flops for c in curves]
+    caps = [max(c.n_units - c.min_units, 0) * c.unit_flops for c in curves]
+    weights = list(flops)
+    if head_share is not None:
+        total = sum(flops)
+        by_kind = {k: sum(f for f, c in zip(flops, curves) if c.kind == k) for k in ("heads", "neurons")}
+        share = {"heads": head_share, "neurons": 1.0 - head_share}
+        weights = [f * share[c.kind] * total / max(by_kind[c.kind], 1e-300) for f, c in zip(flops, curves)]
+    # Smallest f with sum_b min(f * w_b, cap_b) = flops_to_remove: fill blocks in order of saturation.
+    order = sorted((b for b in range(len(curves)) if weights[b] > 0), key=lambda b: caps[b] / weights[b])
+    fixed, free_w, f = 0.0, sum(weights[b] for b in order), float("inf")
+    for b in order:
+        f = (flops_to_remove - fixed) / free_w
+        if f * weights[b] <= caps[b]:
+            break
+        fixed += caps[b]
+        free_w -= weights[b]
+        f = float("inf")
+    units = [min(f * weights[b], caps[b]) / c.unit_flops for b, c in enumerate(curves)]
+    removed_units = [int(u) for u in units]
+    removed = sum(r * c.unit_flops for r, c in zip(removed_units, curves))
+    by_remainder = sorted(range(len(curves)), key=lambda b: (-(units[b] - removed_units[b]), b))
+    for b in by_remainder:
+        if removed >= flops_to_remove:
+            break
+        if (removed_units[b] + 1) * curves[b].unit_flops <= caps[b] + 1e-9 * curves[b].unit_flops:
+            removed_units[b] += 1
+            removed += curves[b].unit_flops
+    for b, c in enumerate(curves):
+        kept[(c.layer, c.kind)] = c.n_units - removed_units[b]
+    return kept

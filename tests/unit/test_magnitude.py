@@ -1,35 +1,65 @@
-"""Structured magnitude pruning: FLOPs target, exact top-norm selection, option semantics."""
+"""Structured magnitude pruning: FLOPs target, uniform and global rules, exact top-norm selection."""
 
 import pytest
 import torch
 
 from statprune.adapters import get_adapter
-from statprune.flops import prunable_flops, unit_costs
+from statprune.errors import StatpruneError
 from statprune.pruner import Target, prune
+from tests.unit.analytic import largest_unit, model_macs
 from tests.unit.tiny import FAMILIES, outputs, random_calibration, tiny_model
 
 SEQ = 20
-
-
-def _largest_unit(ad) -> float:
-    s = ad.layer_shape(0)
-    costs = [unit_costs(ad, i, SEQ) for i in range(ad.num_layers)]
-    return max(max(c.group(s.group_size), s.num_kv_heads * c.q_head, c.neuron) for c in costs)
+D = 64  # hidden size of every tiny model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
 @pytest.mark.parametrize("gqa", ["group", "uniform"])
 @pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.6])
-def test_flops_target_met_within_one_unit(family, gqa, sparsity):
+def test_flops_target_met_within_one_unit(family, allocation, gqa, sparsity):
+    """Achieved FLOPs from the recorded shapes by the closed form: target met within one unit."""
     model = tiny_model(family)
-    ad = get_adapter(model)
-    dense, unit = prunable_flops(ad, SEQ), _largest_unit(ad)
     calib = random_calibration()
-    res = prune(model, calib, Target(sparsity, SEQ), method="magnitude", options={"gqa": gqa})
-    removed = dense - res.flops_pruned
-    assert sparsity * dense <= removed < sparsity * dense + unit
-    assert res.flops_pruned == prunable_flops(ad, SEQ)
+    opts = {"gqa": gqa, "allocation": allocation}
+    res = prune(model, calib, Target(sparsity, SEQ), method="magnitude", options=opts)
+    dense = model_macs(res.shapes_dense, D, SEQ, family)
+    pruned = model_macs(res.shapes_pruned, D, SEQ, family)
+    assert res.flops_dense == pytest.approx(dense, rel=1e-12)
+    assert res.flops_pruned == pytest.approx(pruned, rel=1e-12)
+    unit = largest_unit(res.shapes_dense[0], D, SEQ, family, neuron_multiple=8)
+    assert sparsity * dense <= dense - pruned < sparsity * dense + unit
+    for before, after in zip(res.shapes_dense, res.shapes_pruned):  # widths in multiples of 8
+        assert after.intermediate in (before.intermediate, *range(8)) or after.intermediate % 8 == 0
     outputs(model, calib)  # the smaller model still runs through the stock modules
+
+
+@pytest.mark.parametrize("family", ["bert", "llama-gqa"])
+@pytest.mark.parametrize("sparsity", [0.25, 0.5])
+def test_uniform_rule_takes_the_same_fraction_from_every_block(family, sparsity):
+    """neuron_multiple=1: each layer's heads (KV groups) and neurons lose floor or ceil of s × count."""
+    model = tiny_model(family, layers=4)
+    res = prune(
+        model, random_calibration(), Target(sparsity, SEQ), method="magnitude", options={"neuron_multiple": 1}
+    )
+    for before, after in zip(res.shapes_dense, res.shapes_pruned):
+        for n, k in ((before.num_kv_heads, after.num_kv_heads), (before.intermediate, after.intermediate)):
+            assert int(sparsity * n) <= n - k <= int(sparsity * n) + 1, (before, after)
+
+
+def test_head_share_zero_prunes_only_neurons():
+    model = tiny_model("llama", layers=3)
+    res = prune(
+        model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"head_share": 0.0}
+    )
+    assert [s.num_heads for s in res.shapes_pruned] == [s.num_heads for s in res.shapes_dense]
+    assert res.sparsity_achieved >= 0.3
+    with pytest.raises(StatpruneError, match="head_share"):
+        prune(model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"head_share": 1.5})
+    with pytest.raises(StatpruneError, match="neuron_multiple"):
+        prune(
+            model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"neuron_multiple": 0}
+        )
 
 
 def _set_neuron_norms(ad, i: int, a: torch.Tensor, b: torch.Tensor, gen: torch.Generator) -> None:
@@ -52,7 +82,8 @@ def _kept_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 @pytest.mark.parametrize("score", ["product", "in", "out"])
-def test_keeps_exactly_the_top_norm_neurons(family, score):
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_keeps_exactly_the_top_norm_neurons(family, score, allocation):
     model = tiny_model(family)
     ad = get_adapter(model)
     gen = torch.Generator().manual_seed(1)
@@ -64,7 +95,8 @@ def test_keeps_exactly_the_top_norm_neurons(family, score):
         _set_neuron_norms(ad, i, a, b, gen)
         scores.append({"product": a * b, "in": a, "out": b}[score])
     before = [ad.ffn_in(i)[0].weight.detach().clone() for i in range(ad.num_layers)]
-    prune(model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"score": score})
+    opts = {"score": score, "allocation": allocation, "neuron_multiple": 1}
+    prune(model, random_calibration(), Target(0.3, SEQ), method="magnitude", options=opts)
     mean = torch.cat(scores).mean()
     kept_min, removed_max = [], []
     for i in range(ad.num_layers):
@@ -77,8 +109,9 @@ def test_keeps_exactly_the_top_norm_neurons(family, score):
             rest[kept] = False
             kept_min.append(float(scores[i][kept].min() / mean))
             removed_max.append(float(scores[i][rest].max() / mean))
-    # one global ranking: every removed neuron scores below every kept one (normalised scores)
-    assert removed_max and max(removed_max) <= min(kept_min)
+    assert removed_max
+    if allocation == "global":  # one ranking: every removed neuron scores below every kept one
+        assert max(removed_max) <= min(kept_min)
 
 
 @pytest.mark.parametrize("norm", ["l2", "l1"])
