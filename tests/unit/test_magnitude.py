@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from statprune.adapters import get_adapter
+from statprune.allocation import BlockCurve, uniform_allocation
 from statprune.errors import StatpruneError
 from statprune.pruner import Target, prune
 from tests.unit.analytic import largest_unit, model_macs
@@ -171,3 +172,39 @@ def test_unknown_option_is_a_user_error():
             method="magnitude",
             options={"score": "sum"},
         )
+
+
+def _curves(spec):
+    """(layer, kind, n_units, unit_flops) → BlockCurve with a zero error curve (uniform ignores errors)."""
+    return [BlockCurve(layer, kind, torch.zeros(n + 1, dtype=torch.float64), f) for layer, kind, n, f in spec]
+
+
+def test_uniform_allocation_worked_by_hand():
+    two_layers = _curves(
+        [(0, "heads", 4, 10.0), (0, "neurons", 10, 2.0), (1, "heads", 4, 10.0), (1, "neurons", 10, 2.0)]
+    )
+    # 25% of 120: each block loses 25% → heads 1 unit, neurons 2.5 units; floors remove 28, the first
+    # neuron block (remainder 0.5) gives the last 2
+    assert uniform_allocation(two_layers, 30.0) == {
+        (0, "heads"): 3,
+        (0, "neurons"): 7,
+        (1, "heads"): 3,
+        (1, "neurons"): 8,
+    }
+    # a block at its floor (one head) passes its deficit on: 60% of 40 → heads 12 > cap 10, neurons 14
+    capped = _curves([(0, "heads", 2, 10.0), (0, "neurons", 10, 2.0)])
+    assert uniform_allocation(capped, 24.0) == {(0, "heads"): 1, (0, "neurons"): 3}
+    # head_share 0.5: 15 from heads, 15 from neurons, 7.5 per block → 0.75 head, 3.75 neurons each;
+    # floors remove 12, then remainders (all 0.75) in block order until ≥ 30: h0, n0, h1 → 34
+    assert uniform_allocation(two_layers, 30.0, head_share=0.5) == {
+        (0, "heads"): 3,
+        (0, "neurons"): 6,
+        (1, "heads"): 3,
+        (1, "neurons"): 7,
+    }
+    assert uniform_allocation(two_layers, 0.0) == {
+        (0, "heads"): 4,
+        (0, "neurons"): 10,
+        (1, "heads"): 4,
+        (1, "neurons"): 10,
+    }
