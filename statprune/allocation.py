@@ -129,15 +129,31 @@ def round_neurons(kept: dict, curves: list[BlockCurve], multiple: int, to_remove
     return out
 
 
+def _fill_fraction(weights: list[float], caps: list[float], amount: float) -> float:
+    """Smallest f with sum_b min(f·w_b, cap_b) = amount (inf when every block saturates first)."""
+    order = sorted((b for b in range(len(weights)) if weights[b] > 0), key=lambda b: caps[b] / weights[b])
+    fixed, free_w = 0.0, sum(weights[b] for b in order)
+    for b in order:
+        f = (amount - fixed) / free_w
+        if f * weights[b] <= caps[b]:
+            return f
+        fixed += caps[b]
+        free_w -= weights[b]
+    return float("inf")
+
+
 def uniform_allocation(
     curves: list[BlockCurve], flops_to_remove: float, head_share: float | None = None
 ) -> dict[tuple[int, str], int]:
     """Every block loses the same fraction of its FLOPs (the per-layer rule of magnitude/FLAP baselines).
 
     With ``head_share`` h, heads blocks together give h of ``flops_to_remove`` and neuron blocks the
-    rest, each kind still uniform across layers. A block that reaches ``min_units`` stops and the
-    others share its deficit (water-filling). Fractional unit counts are rounded by largest remainder
-    until the target is met, so it is met within one unit.
+    rest, each kind uniform across layers. A block that reaches ``min_units`` stops and the others
+    share its deficit (water-filling). Heads blocks remove the floor of their share, as the released
+    baselines do (``int(r·H)`` heads per layer): a whole KV group is a coarse unit, and rounding some
+    layers up would single out layers by their order. The neuron blocks then share what the floors
+    left, uniformly, and their remainders are rounded up by largest remainder until the target is
+    met, so it is met within one neuron (within one head only if the neurons cannot absorb it).
     """
     kept = {(c.layer, c.kind): c.n_units for c in curves}
     if flops_to_remove <= 0 or not curves:
@@ -150,21 +166,25 @@ def uniform_allocation(
         by_kind = {k: sum(f for f, c in zip(flops, curves) if c.kind == k) for k in ("heads", "neurons")}
         share = {"heads": head_share, "neurons": 1.0 - head_share}
         weights = [f * share[c.kind] * total / max(by_kind[c.kind], 1e-300) for f, c in zip(flops, curves)]
-    # Smallest f with sum_b min(f * w_b, cap_b) = flops_to_remove: fill blocks in order of saturation.
-    order = sorted((b for b in range(len(curves)) if weights[b] > 0), key=lambda b: caps[b] / weights[b])
-    fixed, free_w, f = 0.0, sum(weights[b] for b in order), float("inf")
-    for b in order:
-        f = (flops_to_remove - fixed) / free_w
-        if f * weights[b] <= caps[b]:
-            break
-        fixed += caps[b]
-        free_w -= weights[b]
-        f = float("inf")
-    units = [min(f * weights[b], caps[b]) / c.unit_flops for b, c in enumerate(curves)]
-    removed_units = [int(u) for u in units]
+
+    def take(b: int, f: float) -> float:  # units block b gives at fraction f
+        return min(f * weights[b], caps[b]) / curves[b].unit_flops if weights[b] > 0 else 0.0
+
+    f = _fill_fraction(weights, caps, flops_to_remove)
+    units = [take(b, f) for b in range(len(curves))]
+    removed_units = [int(u + 1e-9) if c.kind == "heads" else 0 for u, c in zip(units, curves)]
+    rest = flops_to_remove - sum(r * c.unit_flops for r, c in zip(removed_units, curves))
+    fine = [b for b, c in enumerate(curves) if c.kind != "heads"]
+    f = _fill_fraction([weights[b] for b in fine], [caps[b] for b in fine], rest)
+    for b in fine:
+        units[b] = take(b, f)
+        removed_units[b] = int(units[b])
     removed = sum(r * c.unit_flops for r, c in zip(removed_units, curves))
-    by_remainder = sorted(range(len(curves)), key=lambda b: (-(units[b] - removed_units[b]), b))
-    for b in by_remainder:
+    # largest remainder, neurons first; heads only when the neurons are exhausted
+    order = sorted(
+        range(len(curves)), key=lambda b: (curves[b].kind == "heads", -(units[b] - removed_units[b]), b)
+    )
+    for b in order:
         if removed >= flops_to_remove:
             break
         if (removed_units[b] + 1) * curves[b].unit_flops <= caps[b] + 1e-9 * curves[b].unit_flops:
