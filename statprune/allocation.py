@@ -149,11 +149,10 @@ def uniform_allocation(
 
     With ``head_share`` h, heads blocks together give h of ``flops_to_remove`` and neuron blocks the
     rest, each kind uniform across layers. A block that reaches ``min_units`` stops and the others
-    share its deficit (water-filling). Heads blocks remove the floor of their share, as the released
-    baselines do (``int(r·H)`` heads per layer): a whole KV group is a coarse unit, and rounding some
-    layers up would single out layers by their order. The neuron blocks then share what the floors
-    left, uniformly, and their remainders are rounded up by largest remainder until the target is
-    met, so it is met within one neuron (within one head only if the neurons cannot absorb it).
+    share its deficit (water-filling). Each block then removes the floor or the ceiling of its
+    fractional share: blocks are rounded up, smallest error increase per FLOP first (ties: largest
+    remainder, then block order), until the target is met — so it is met within one unit, and which
+    layers give the extra (coarse) KV group is decided by the method's scores, not by layer order.
     """
     kept = {(c.layer, c.kind): c.n_units for c in curves}
     if flops_to_remove <= 0 or not curves:
@@ -166,25 +165,21 @@ def uniform_allocation(
         by_kind = {k: sum(f for f, c in zip(flops, curves) if c.kind == k) for k in ("heads", "neurons")}
         share = {"heads": head_share, "neurons": 1.0 - head_share}
         weights = [f * share[c.kind] * total / max(by_kind[c.kind], 1e-300) for f, c in zip(flops, curves)]
-
-    def take(b: int, f: float) -> float:  # units block b gives at fraction f
-        return min(f * weights[b], caps[b]) / curves[b].unit_flops if weights[b] > 0 else 0.0
-
     f = _fill_fraction(weights, caps, flops_to_remove)
-    units = [take(b, f) for b in range(len(curves))]
-    removed_units = [int(u + 1e-9) if c.kind == "heads" else 0 for u, c in zip(units, curves)]
-    rest = flops_to_remove - sum(r * c.unit_flops for r, c in zip(removed_units, curves))
-    fine = [b for b, c in enumerate(curves) if c.kind != "heads"]
-    f = _fill_fraction([weights[b] for b in fine], [caps[b] for b in fine], rest)
-    for b in fine:
-        units[b] = take(b, f)
-        removed_units[b] = int(units[b])
+    units = [min(f * w, cap) / c.unit_flops if w > 0 else 0.0 for w, cap, c in zip(weights, caps, curves)]
+    removed_units = [int(u + 1e-9) for u in units]
     removed = sum(r * c.unit_flops for r, c in zip(removed_units, curves))
-    # largest remainder, neurons first; heads only when the neurons are exhausted
-    order = sorted(
-        range(len(curves)), key=lambda b: (curves[b].kind == "heads", -(units[b] - removed_units[b]), b)
+
+    def next_cost(b: int) -> float:
+        c, k = curves[b], curves[b].n_units - removed_units[b]
+        return float(c.errors[k - 1] - c.errors[k]) / c.unit_flops if k > c.min_units else float("inf")
+
+    fractional = [units[b] - removed_units[b] > 1e-9 for b in range(len(curves))]
+    # floor → ceiling first; a further unit anywhere only if rounding error left the target short
+    rounding = sorted(
+        range(len(curves)), key=lambda b: (not fractional[b], next_cost(b), removed_units[b] - units[b], b)
     )
-    for b in order:
+    for b in rounding:
         if removed >= flops_to_remove:
             break
         if (removed_units[b] + 1) * curves[b].unit_flops <= caps[b] + 1e-9 * curves[b].unit_flops:

@@ -18,10 +18,10 @@ Allocation (``allocation``):
 * ``"uniform"`` (default) — every layer loses the same fraction of its prunable FLOPs, its heads and
   its neurons each the target fraction (so the split follows the layer's attention/FFN FLOPs
   shares; ``head_share=h`` takes h of the removed FLOPs from heads instead, uniform across layers
-  within each kind), by :func:`statprune.allocation.uniform_allocation`. Heads (KV groups) are
-  coarse: each layer removes the floor of its share, as the released baselines do, and the FFNs
-  absorb the rest uniformly, so the target is met within one neuron (SmolLM2's 3 KV groups per
-  layer: no heads below 33%). Within a layer the lowest-scoring units go. This is the rule of the magnitude baselines
+  within each kind), by :func:`statprune.allocation.uniform_allocation`: every block removes the
+  floor or the ceiling of its share, the target met within one unit; which blocks round up (with
+  SmolLM2's 3 KV groups per layer, which layers lose a group) follows the normalised scores, not
+  the layer order. Within a layer the lowest-scoring units go. This is the rule of the magnitude baselines
   papers report (LLM-Pruner's, FLAP's); the global rule below collapsed on SmolLM2 (perplexity
   46,201 at 10% FLOPs removed, docs/BASELINES.md).
 * ``"global"`` — units are removed globally in ascending normalised score until the target is met,
@@ -54,9 +54,10 @@ Differences from the released magnitude baselines (LLM-Pruner ``hf_prune.py --pr
   prune every layer.
 * **Rounding.** LLM-Pruner keeps ``int(n·(1−r))`` channels (heads: the channel count removed,
   floor-divided by ``head_dim``), FLAP removes ``int(r·n)`` units per block (both floor per layer,
-  so the achieved ratio is below r); ours floors the heads the same way but makes the FFNs absorb
-  the shortfall, so the FLOPs target is met (FFNs lose slightly more than r), then rounds widths to
-  multiples of ``neuron_multiple``. Neither aligns widths.
+  so the achieved ratio is below r); ours rounds each block to the floor or the ceiling of its
+  share so that the FLOPs target is met within one unit, then rounds widths to multiples of
+  ``neuron_multiple``. Neither aligns widths. (Flooring the heads and letting the FFNs absorb the
+  rest was measured worse on SmolLM2/sotu: below.)
 * **GQA.** Neither handles grouped-query attention (LLaMA-1 MHA; FLAP hard-codes head_dim 128);
   ours removes whole KV groups (``gqa="group"``) or one query head per group (``"uniform"``).
 * **Global variant.** LLM-Pruner's ``--global_pruning`` thresholds raw (unnormalised) importances

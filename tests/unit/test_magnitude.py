@@ -38,18 +38,14 @@ def test_flops_target_met_within_one_unit(family, allocation, gqa, sparsity):
 @pytest.mark.parametrize("family", ["bert", "llama-gqa"])
 @pytest.mark.parametrize("sparsity", [0.25, 0.5])
 def test_uniform_rule_takes_the_same_fraction_from_every_block(family, sparsity):
-    """neuron_multiple=1: every layer loses ⌊s·groups⌋ KV groups, and the same neuron count (± 1),
-    at least s of its neurons (they absorb what the heads' floors left)."""
+    """neuron_multiple=1: each layer's KV groups and neurons lose the floor or ceiling of s × count."""
     model = tiny_model(family, layers=4)
     res = prune(
         model, random_calibration(), Target(sparsity, SEQ), method="magnitude", options={"neuron_multiple": 1}
     )
-    removed = []
     for before, after in zip(res.shapes_dense, res.shapes_pruned):
-        assert before.num_kv_heads - after.num_kv_heads == int(sparsity * before.num_kv_heads)
-        removed.append(before.intermediate - after.intermediate)
-        assert removed[-1] >= int(sparsity * before.intermediate)
-    assert max(removed) - min(removed) <= 1
+        for n, k in ((before.num_kv_heads, after.num_kv_heads), (before.intermediate, after.intermediate)):
+            assert int(sparsity * n) <= n - k <= int(sparsity * n) + 1, (before, after)
 
 
 def test_head_share_zero_prunes_only_neurons():
@@ -159,7 +155,7 @@ def test_gqa_group_units_remove_whole_kv_groups():
         ad.qkv(0)[2].weight[:hd] *= 1e-3
         ad.out_proj(0).weight[:, : 2 * hd] *= 1e-3
     v_before = ad.qkv(0)[2].weight.detach().clone()
-    prune(model, random_calibration(), Target(0.5, SEQ), method="magnitude")  # ⌊0.5 · 2⌋ = 1 group
+    prune(model, random_calibration(), Target(0.5, SEQ), method="magnitude")  # 0.5 × 2 = 1 group
     s = ad.layer_shape(0)
     assert (s.num_heads, s.num_kv_heads) == (2, 1)
     assert torch.equal(ad.qkv(0)[2].weight, v_before[hd:])
@@ -179,47 +175,41 @@ def test_unknown_option_is_a_user_error():
 
 
 def _curves(spec):
-    """(layer, kind, n_units, unit_flops) → BlockCurve with a zero error curve (uniform ignores errors)."""
-    return [BlockCurve(layer, kind, torch.zeros(n + 1, dtype=torch.float64), f) for layer, kind, n, f in spec]
+    """(layer, kind, n_units, unit_flops, error per removed unit) → BlockCurve with a linear error."""
+    return [
+        BlockCurve(layer, kind, a * (n - torch.arange(n + 1, dtype=torch.float64)), f)
+        for layer, kind, n, f, a in spec
+    ]
 
 
 def test_uniform_allocation_worked_by_hand():
-    two_layers = _curves(
-        [(0, "heads", 4, 10.0), (0, "neurons", 10, 2.0), (1, "heads", 4, 10.0), (1, "neurons", 10, 2.0)]
-    )
-    # 25% of 120: each block loses 25% → heads 1 unit, neurons 2.5 units; floors remove 28, the first
-    # neuron block (remainder 0.5) gives the last 2
-    assert uniform_allocation(two_layers, 30.0) == {
-        (0, "heads"): 3,
-        (0, "neurons"): 7,
-        (1, "heads"): 3,
-        (1, "neurons"): 8,
-    }
+    flat = [
+        (0, "heads", 4, 10.0, 0.0),
+        (0, "neurons", 10, 2.0, 0.0),
+        (1, "heads", 4, 10.0, 0.0),
+        (1, "neurons", 10, 2.0, 0.0),
+    ]
+    # 25% of 120: each block loses 25% → heads 1 unit, neurons 2.5 units; floors remove 28, a neuron
+    # block (the only fractional ones; equal errors → block order) rounds up
+    expected = {(0, "heads"): 3, (0, "neurons"): 7, (1, "heads"): 3, (1, "neurons"): 8}
+    assert uniform_allocation(_curves(flat), 30.0) == expected
     # a block at its floor (one head) passes its deficit on: 60% of 40 → heads 12 > cap 10, neurons 14
-    capped = _curves([(0, "heads", 2, 10.0), (0, "neurons", 10, 2.0)])
+    capped = _curves([(0, "heads", 2, 10.0, 0.0), (0, "neurons", 10, 2.0, 0.0)])
     assert uniform_allocation(capped, 24.0) == {(0, "heads"): 1, (0, "neurons"): 3}
-    # heads take the floor of their share: head_share 0.5 of 30 → 0.75 head per layer → none; the
-    # neurons absorb all 30 (7.5 units each: floors 7 + 7, the first block rounds up)
-    assert uniform_allocation(two_layers, 30.0, head_share=0.5) == {
-        (0, "heads"): 4,
-        (0, "neurons"): 2,
-        (1, "heads"): 4,
-        (1, "neurons"): 3,
-    }
-    # head_share 1 of 40: 20 per heads block = 2 heads each, no neurons (the default would take 1 + 5)
-    assert uniform_allocation(two_layers, 40.0, head_share=1.0) == {
-        (0, "heads"): 2,
-        (0, "neurons"): 10,
-        (1, "heads"): 2,
-        (1, "neurons"): 10,
-    }
-    assert uniform_allocation(two_layers, 40.0) == {
-        (0, "heads"): 3,
-        (0, "neurons"): 5,
-        (1, "heads"): 3,
-        (1, "neurons"): 5,
-    }
-    assert uniform_allocation(two_layers, 0.0) == {
+    # head_share 1 of 40: 20 per heads block = 2 heads each, no neurons
+    expected = {(0, "heads"): 2, (0, "neurons"): 10, (1, "heads"): 2, (1, "neurons"): 10}
+    assert uniform_allocation(_curves(flat), 40.0, head_share=1.0) == expected
+    # head_share 0.5 of 30: 7.5 per block → 0.75 head and 3.75 neurons each, floors remove 12; blocks
+    # round up by error per FLOP: layer 1's heads (0.1), the neurons (0.5 each), then layer 0's heads (5)
+    costly = [
+        (0, "heads", 4, 10.0, 50.0),
+        (0, "neurons", 10, 2.0, 1.0),
+        (1, "heads", 4, 10.0, 1.0),
+        (1, "neurons", 10, 2.0, 1.0),
+    ]
+    expected = {(0, "heads"): 3, (0, "neurons"): 6, (1, "heads"): 3, (1, "neurons"): 6}
+    assert uniform_allocation(_curves(costly), 30.0, head_share=0.5) == expected
+    assert uniform_allocation(_curves(flat), 0.0) == {
         (0, "heads"): 4,
         (0, "neurons"): 10,
         (1, "heads"): 4,
