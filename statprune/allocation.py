@@ -127,3 +127,64 @@ def round_neurons(kept: dict, curves: list[BlockCurve], multiple: int, to_remove
             removed -= (up - out[k]) * c.unit_flops
             out[k] = up
     return out
+
+
+def _fill_fraction(weights: list[float], caps: list[float], amount: float) -> float:
+    """Smallest f with sum_b min(f·w_b, cap_b) = amount (inf when every block saturates first)."""
+    order = sorted((b for b in range(len(weights)) if weights[b] > 0), key=lambda b: caps[b] / weights[b])
+    fixed, free_w = 0.0, sum(weights[b] for b in order)
+    for b in order:
+        f = (amount - fixed) / free_w
+        if f * weights[b] <= caps[b]:
+            return f
+        fixed += caps[b]
+        free_w -= weights[b]
+    return float("inf")
+
+
+def uniform_allocation(
+    curves: list[BlockCurve], flops_to_remove: float, head_share: float | None = None
+) -> dict[tuple[int, str], int]:
+    """Every block loses the same fraction of its FLOPs (the per-layer rule of magnitude/FLAP baselines).
+
+    With ``head_share`` h, heads blocks together give h of ``flops_to_remove`` and neuron blocks the
+    rest, each kind uniform across layers. A block that reaches ``min_units`` stops and the others
+    share its deficit (water-filling). Each block then removes the floor or the ceiling of its
+    fractional share: blocks are rounded up, smallest error increase per FLOP first (ties: largest
+    remainder, then block order), until the target is met — so it is met within one unit, and which
+    layers give the extra (coarse) KV group is decided by the method's scores, not by layer order.
+    """
+    kept = {(c.layer, c.kind): c.n_units for c in curves}
+    if flops_to_remove <= 0 or not curves:
+        return kept
+    flops = [c.n_units * c.unit_flops for c in curves]
+    caps = [max(c.n_units - c.min_units, 0) * c.unit_flops for c in curves]
+    weights = list(flops)
+    if head_share is not None:
+        total = sum(flops)
+        by_kind = {k: sum(f for f, c in zip(flops, curves) if c.kind == k) for k in ("heads", "neurons")}
+        share = {"heads": head_share, "neurons": 1.0 - head_share}
+        weights = [f * share[c.kind] * total / max(by_kind[c.kind], 1e-300) for f, c in zip(flops, curves)]
+    f = _fill_fraction(weights, caps, flops_to_remove)
+    units = [min(f * w, cap) / c.unit_flops if w > 0 else 0.0 for w, cap, c in zip(weights, caps, curves)]
+    removed_units = [int(u + 1e-9) for u in units]
+    removed = sum(r * c.unit_flops for r, c in zip(removed_units, curves))
+
+    def next_cost(b: int) -> float:
+        c, k = curves[b], curves[b].n_units - removed_units[b]
+        return float(c.errors[k - 1] - c.errors[k]) / c.unit_flops if k > c.min_units else float("inf")
+
+    fractional = [units[b] - removed_units[b] > 1e-9 for b in range(len(curves))]
+    # floor → ceiling first; a further unit anywhere only if rounding error left the target short
+    rounding = sorted(
+        range(len(curves)), key=lambda b: (not fractional[b], next_cost(b), removed_units[b] - units[b], b)
+    )
+    for b in rounding:
+        if removed >= flops_to_remove:
+            break
+        if (removed_units[b] + 1) * curves[b].unit_flops <= caps[b] + 1e-9 * curves[b].unit_flops:
+            removed_units[b] += 1
+            removed += curves[b].unit_flops
+    for b, c in enumerate(curves):
+        kept[(c.layer, c.kind)] = c.n_units - removed_units[b]
+    return kept

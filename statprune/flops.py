@@ -1,10 +1,18 @@
 """One FLOPs/params model for every method and every report (METHODS.md §2, Kwon et al.).
 
-FLOPs are counted as multiply-accumulates (one MAC = one FLOP, Kwon et al.'s convention) of one
-sequence of length ``s``. Per layer: every prunable linear costs s·in·out; attention adds the score
-and weighted-sum products, 2·s²·d_h per query head. Embeddings and the task/LM head are not in the
-prunable budget (reported separately as params). Costs are read from the actual linear shapes, so
-any pruned model — including a SliceGPT model with a smaller hidden size — is measured the same way.
+FLOPs are counted as multiply-accumulates (one MAC = one FLOP, Kwon et al.'s ``mac.py`` convention)
+of one sequence of ``s`` tokens. Per layer, with query heads H, head size d_h:
+
+* every prunable linear (Q, K, V, O; up/gate, down; linears a method adds, e.g. SliceGPT's
+  shortcuts) costs s·in·out, read from its actual shape — so GQA, pruned layers and a SliceGPT model
+  with a smaller hidden size are all measured the same way;
+* the attention core (scores QKᵀ and the weighted sum with V), per query head: bidirectional
+  encoders 2·s²·d_h (as ``mac.py``); causal decoders (``Adapter.causal``) s(s+1)·d_h, i.e.
+  2·d_h·s(s+1)/2 — only the lower triangle, what causal SDPA/flash kernels run.
+
+Not counted: embeddings and the task/LM head (reported as params), norms, softmax, activations and
+the SwiGLU product, RoPE, biases, residual adds. Records before 2026-12-01 counted decoders'
+attention core as bidirectional (2·s²·d_h).
 """
 
 from __future__ import annotations
@@ -33,13 +41,19 @@ def _linear_macs(lin: nn.Linear, s: float) -> float:
     return s * lin.in_features * lin.out_features
 
 
+def attention_core_macs(adapter: Adapter, head_dim: int, seq_len: float) -> float:
+    """Score and weighted-sum MACs of one query head: 2·s²·d_h, causal s(s+1)·d_h."""
+    s = float(seq_len)
+    return (s * (s + 1.0) if adapter.causal else 2.0 * s * s) * head_dim
+
+
 def layer_flops(adapter: Adapter, i: int, seq_len: float) -> tuple[float, float]:
     """(attention, FFN) FLOPs of layer ``i`` for one sequence of ``seq_len`` tokens."""
     s = float(seq_len)
     shape = adapter.layer_shape(i)
     q, k, v = adapter.qkv(i)
     att = sum(_linear_macs(x, s) for x in (q, k, v, adapter.out_proj(i)))
-    att += 2.0 * s * s * shape.num_heads * shape.head_dim
+    att += shape.num_heads * attention_core_macs(adapter, shape.head_dim, s)
     att += sum(_linear_macs(x, s) for x in adapter.extra_linears(i, "attention"))
     ffn = sum(_linear_macs(x, s) for x in [*adapter.ffn_in(i), adapter.down_proj(i)])
     ffn += sum(_linear_macs(x, s) for x in adapter.extra_linears(i, "ffn"))
@@ -47,11 +61,12 @@ def layer_flops(adapter: Adapter, i: int, seq_len: float) -> tuple[float, float]
 
 
 def unit_costs(adapter: Adapter, i: int, seq_len: float) -> UnitCosts:
+    """What removing one unit of layer ``i`` saves in :func:`layer_flops` (exactly)."""
     s = float(seq_len)
     hd = adapter.layer_shape(i).head_dim
     q, k, v = adapter.qkv(i)
     o = adapter.out_proj(i)
-    q_head = s * hd * (q.in_features + o.out_features) + 2.0 * s * s * hd
+    q_head = s * hd * (q.in_features + o.out_features) + attention_core_macs(adapter, hd, s)
     kv_head = s * hd * (k.in_features + v.in_features)
     neuron = s * (sum(x.in_features for x in adapter.ffn_in(i)) + adapter.down_proj(i).out_features)
     return UnitCosts(q_head=q_head, kv_head=kv_head, neuron=neuron)

@@ -1,4 +1,4 @@
-"""The Pruner interface shared by STAT and every baseline, and the method registry.
+"""The Pruner interface shared by STAT and every baseline (the registry is :mod:`statprune.methods`).
 
 A method is a function ``(model, adapter, calib, target, *, seed, **options) -> MethodOutput`` that
 makes the model physically smaller in place. :func:`prune` wraps every method the same way: checks
@@ -12,7 +12,7 @@ import dataclasses
 import time
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +23,22 @@ from statprune.adapters import Adapter, LayerShape, get_adapter
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
 from statprune.flops import cost_report
+from statprune.methods import METHODS, Method, load_methods, register_method
 from statprune.provenance import peak_memory_bytes
-from statprune.registry import Registry
 from statprune.seeding import seed_everything
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodOutput",
+    "PruneResult",
+    "Target",
+    "load_methods",
+    "method_options",
+    "parse_options",
+    "prune",
+    "register_method",
+]
 
 
 @dataclass(frozen=True)
@@ -106,20 +119,6 @@ class PruneResult:
         return d
 
 
-Method = Callable[..., MethodOutput]
-METHODS: Registry[tuple[Method, type]] = Registry("pruning method")
-
-
-def register_method(name: str, options: type) -> Callable[[Method], Method]:
-    """Register ``fn`` under ``name`` with its typed options dataclass."""
-
-    def deco(fn: Method) -> Method:
-        METHODS.add(name, (fn, options))
-        return fn
-
-    return deco
-
-
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
@@ -166,16 +165,8 @@ def parse_options(cls: type, raw: Mapping[str, Any]) -> Any:
     return cls(**{k: _coerce(k, v, hints[k]) for k, v in raw.items()})
 
 
-def load_methods() -> Registry[tuple[Method, type]]:
-    """The method registry with every built-in method registered (imported lazily: they import us)."""
-    import statprune.baselines
-    import statprune.stat  # noqa: F401
-
-    return METHODS
-
-
 def method_options(method: str, raw: Mapping[str, Any] | None = None) -> Any:
-    _, cls = load_methods().get(method)
+    _, cls = METHODS.get(method)
     return parse_options(cls, raw or {})
 
 
@@ -190,9 +181,6 @@ def prune(
     adapter: Adapter | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place with the registered ``method``; returns costs, shapes and timings."""
-    import statprune.baselines
-    import statprune.stat  # noqa: F401  (registers stat)
-
     fn, cls = METHODS.get(method)
     opts = parse_options(cls, options or {})
     adapter = adapter or get_adapter(model)

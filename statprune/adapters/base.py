@@ -94,7 +94,6 @@ class Adapter(ABC):
     model_types: tuple[str, ...] = ()
     pre_norm: bool = True
     gated_ffn: bool = False
-    causal: bool = True  # decoders; encoders set False
     prunable: frozenset[str] = CAPABILITIES
 
     def __init__(self, model: nn.Module) -> None:
@@ -185,6 +184,16 @@ class Adapter(ABC):
                 f"{method}: cannot remove {' or '.join(missing)} from model type {self.config.model_type!r}; "
                 f"its adapter ({type(self).__name__}) declares prunable: {', '.join(sorted(self.prunable)) or 'none'}"
             )
+
+    @property
+    def causal(self) -> bool:
+        """Tokens attend to earlier tokens only (decoders): the FLOPs model counts half the attention core.
+
+        Families set it as a class attribute; this fallback asks transformers' causal-LM mapping.
+        """
+        from statprune.models.load import is_decoder
+
+        return is_decoder(self.config)
 
     @property
     def num_layers(self) -> int:

@@ -1,11 +1,4 @@
-"""Baseline pruning methods (structured magnitude, Kwon et al. 2022, SliceGPT), registered by name.
+"""Baseline pruning methods (structured magnitude, Kwon et al. 2022, SliceGPT, …).
 
-Importing this package registers ``magnitude``, ``kwon`` and ``slicegpt`` with
-:func:`statprune.pruner.register_method`.
+Each is listed by name in :data:`statprune.methods.METHOD_PATHS` and imported only when used.
 """
-
-from statprune.baselines import (
-    kwon,  # noqa: F401  (registration)
-    magnitude,  # noqa: F401  (registration)
-    slicegpt,  # noqa: F401  (registration)
-)

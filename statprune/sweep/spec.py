@@ -156,9 +156,9 @@ def _settings(where: str, raw: Mapping[str, Any], base: Settings) -> Settings:
 
 
 def _methods(where: str, raw: Any) -> tuple[MethodSpec, ...]:
-    from statprune.pruner import load_methods, method_options
+    from statprune.methods import METHODS
+    from statprune.pruner import method_options
 
-    METHODS = load_methods()
     entries = _list(where, raw)
     out: list[MethodSpec] = []
     for i, entry in enumerate(entries):

@@ -1,35 +1,66 @@
-"""Structured magnitude pruning: FLOPs target, exact top-norm selection, option semantics."""
+"""Structured magnitude pruning: FLOPs target, uniform and global rules, exact top-norm selection."""
 
 import pytest
 import torch
 
 from statprune.adapters import get_adapter
-from statprune.flops import prunable_flops, unit_costs
+from statprune.allocation import BlockCurve, uniform_allocation
+from statprune.errors import StatpruneError
 from statprune.pruner import Target, prune
+from tests.unit.analytic import largest_unit, model_macs
 from tests.unit.tiny import FAMILIES, outputs, random_calibration, tiny_model
 
 SEQ = 20
-
-
-def _largest_unit(ad) -> float:
-    s = ad.layer_shape(0)
-    costs = [unit_costs(ad, i, SEQ) for i in range(ad.num_layers)]
-    return max(max(c.group(s.group_size), s.num_kv_heads * c.q_head, c.neuron) for c in costs)
+D = 64  # hidden size of every tiny model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
 @pytest.mark.parametrize("gqa", ["group", "uniform"])
 @pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.6])
-def test_flops_target_met_within_one_unit(family, gqa, sparsity):
+def test_flops_target_met_within_one_unit(family, allocation, gqa, sparsity):
+    """Achieved FLOPs from the recorded shapes by the closed form: target met within one unit."""
     model = tiny_model(family)
-    ad = get_adapter(model)
-    dense, unit = prunable_flops(ad, SEQ), _largest_unit(ad)
     calib = random_calibration()
-    res = prune(model, calib, Target(sparsity, SEQ), method="magnitude", options={"gqa": gqa})
-    removed = dense - res.flops_pruned
-    assert sparsity * dense <= removed < sparsity * dense + unit
-    assert res.flops_pruned == prunable_flops(ad, SEQ)
+    opts = {"gqa": gqa, "allocation": allocation}
+    res = prune(model, calib, Target(sparsity, SEQ), method="magnitude", options=opts)
+    dense = model_macs(res.shapes_dense, D, SEQ, family)
+    pruned = model_macs(res.shapes_pruned, D, SEQ, family)
+    assert res.flops_dense == pytest.approx(dense, rel=1e-12)
+    assert res.flops_pruned == pytest.approx(pruned, rel=1e-12)
+    unit = largest_unit(res.shapes_dense[0], D, SEQ, family, neuron_multiple=8)
+    assert sparsity * dense <= dense - pruned < sparsity * dense + unit
+    for before, after in zip(res.shapes_dense, res.shapes_pruned):  # widths in multiples of 8
+        assert after.intermediate in (before.intermediate, *range(8)) or after.intermediate % 8 == 0
     outputs(model, calib)  # the smaller model still runs through the stock modules
+
+
+@pytest.mark.parametrize("family", ["bert", "llama-gqa"])
+@pytest.mark.parametrize("sparsity", [0.25, 0.5])
+def test_uniform_rule_takes_the_same_fraction_from_every_block(family, sparsity):
+    """neuron_multiple=1: each layer's KV groups and neurons lose the floor or ceiling of s × count."""
+    model = tiny_model(family, layers=4)
+    res = prune(
+        model, random_calibration(), Target(sparsity, SEQ), method="magnitude", options={"neuron_multiple": 1}
+    )
+    for before, after in zip(res.shapes_dense, res.shapes_pruned):
+        for n, k in ((before.num_kv_heads, after.num_kv_heads), (before.intermediate, after.intermediate)):
+            assert int(sparsity * n) <= n - k <= int(sparsity * n) + 1, (before, after)
+
+
+def test_head_share_zero_prunes_only_neurons():
+    model = tiny_model("llama", layers=3)
+    res = prune(
+        model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"head_share": 0.0}
+    )
+    assert [s.num_heads for s in res.shapes_pruned] == [s.num_heads for s in res.shapes_dense]
+    assert res.sparsity_achieved >= 0.3
+    with pytest.raises(StatpruneError, match="head_share"):
+        prune(model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"head_share": 1.5})
+    with pytest.raises(StatpruneError, match="neuron_multiple"):
+        prune(
+            model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"neuron_multiple": 0}
+        )
 
 
 def _set_neuron_norms(ad, i: int, a: torch.Tensor, b: torch.Tensor, gen: torch.Generator) -> None:
@@ -52,7 +83,8 @@ def _kept_rows(before: torch.Tensor, after: torch.Tensor) -> list[int]:
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 @pytest.mark.parametrize("score", ["product", "in", "out"])
-def test_keeps_exactly_the_top_norm_neurons(family, score):
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_keeps_exactly_the_top_norm_neurons(family, score, allocation):
     model = tiny_model(family)
     ad = get_adapter(model)
     gen = torch.Generator().manual_seed(1)
@@ -64,7 +96,8 @@ def test_keeps_exactly_the_top_norm_neurons(family, score):
         _set_neuron_norms(ad, i, a, b, gen)
         scores.append({"product": a * b, "in": a, "out": b}[score])
     before = [ad.ffn_in(i)[0].weight.detach().clone() for i in range(ad.num_layers)]
-    prune(model, random_calibration(), Target(0.3, SEQ), method="magnitude", options={"score": score})
+    opts = {"score": score, "allocation": allocation, "neuron_multiple": 1}
+    prune(model, random_calibration(), Target(0.3, SEQ), method="magnitude", options=opts)
     mean = torch.cat(scores).mean()
     kept_min, removed_max = [], []
     for i in range(ad.num_layers):
@@ -77,8 +110,9 @@ def test_keeps_exactly_the_top_norm_neurons(family, score):
             rest[kept] = False
             kept_min.append(float(scores[i][kept].min() / mean))
             removed_max.append(float(scores[i][rest].max() / mean))
-    # one global ranking: every removed neuron scores below every kept one (normalised scores)
-    assert removed_max and max(removed_max) <= min(kept_min)
+    assert removed_max
+    if allocation == "global":  # one ranking: every removed neuron scores below every kept one
+        assert max(removed_max) <= min(kept_min)
 
 
 @pytest.mark.parametrize("norm", ["l2", "l1"])
@@ -121,7 +155,7 @@ def test_gqa_group_units_remove_whole_kv_groups():
         ad.qkv(0)[2].weight[:hd] *= 1e-3
         ad.out_proj(0).weight[:, : 2 * hd] *= 1e-3
     v_before = ad.qkv(0)[2].weight.detach().clone()
-    prune(model, random_calibration(), Target(0.4, SEQ), method="magnitude")
+    prune(model, random_calibration(), Target(0.5, SEQ), method="magnitude")  # 0.5 × 2 = 1 group
     s = ad.layer_shape(0)
     assert (s.num_heads, s.num_kv_heads) == (2, 1)
     assert torch.equal(ad.qkv(0)[2].weight, v_before[hd:])
@@ -138,3 +172,46 @@ def test_unknown_option_is_a_user_error():
             method="magnitude",
             options={"score": "sum"},
         )
+
+
+def _curves(spec):
+    """(layer, kind, n_units, unit_flops, error per removed unit) → BlockCurve with a linear error."""
+    return [
+        BlockCurve(layer, kind, a * (n - torch.arange(n + 1, dtype=torch.float64)), f)
+        for layer, kind, n, f, a in spec
+    ]
+
+
+def test_uniform_allocation_worked_by_hand():
+    flat = [
+        (0, "heads", 4, 10.0, 0.0),
+        (0, "neurons", 10, 2.0, 0.0),
+        (1, "heads", 4, 10.0, 0.0),
+        (1, "neurons", 10, 2.0, 0.0),
+    ]
+    # 25% of 120: each block loses 25% → heads 1 unit, neurons 2.5 units; floors remove 28, a neuron
+    # block (the only fractional ones; equal errors → block order) rounds up
+    expected = {(0, "heads"): 3, (0, "neurons"): 7, (1, "heads"): 3, (1, "neurons"): 8}
+    assert uniform_allocation(_curves(flat), 30.0) == expected
+    # a block at its floor (one head) passes its deficit on: 60% of 40 → heads 12 > cap 10, neurons 14
+    capped = _curves([(0, "heads", 2, 10.0, 0.0), (0, "neurons", 10, 2.0, 0.0)])
+    assert uniform_allocation(capped, 24.0) == {(0, "heads"): 1, (0, "neurons"): 3}
+    # head_share 1 of 40: 20 per heads block = 2 heads each, no neurons
+    expected = {(0, "heads"): 2, (0, "neurons"): 10, (1, "heads"): 2, (1, "neurons"): 10}
+    assert uniform_allocation(_curves(flat), 40.0, head_share=1.0) == expected
+    # head_share 0.5 of 30: 7.5 per block → 0.75 head and 3.75 neurons each, floors remove 12; blocks
+    # round up by error per FLOP: layer 1's heads (0.1), the neurons (0.5 each), then layer 0's heads (5)
+    costly = [
+        (0, "heads", 4, 10.0, 50.0),
+        (0, "neurons", 10, 2.0, 1.0),
+        (1, "heads", 4, 10.0, 1.0),
+        (1, "neurons", 10, 2.0, 1.0),
+    ]
+    expected = {(0, "heads"): 3, (0, "neurons"): 6, (1, "heads"): 3, (1, "neurons"): 6}
+    assert uniform_allocation(_curves(costly), 30.0, head_share=0.5) == expected
+    assert uniform_allocation(_curves(flat), 0.0) == {
+        (0, "heads"): 4,
+        (0, "neurons"): 10,
+        (1, "heads"): 4,
+        (1, "neurons"): 10,
+    }

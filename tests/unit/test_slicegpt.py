@@ -9,8 +9,8 @@ from statprune.adapters import get_adapter
 from statprune.baselines.slicegpt.fuse import fuse_norms, untie_head
 from statprune.baselines.slicegpt.method import WIDTH, sliced_flops
 from statprune.errors import StatpruneError
-from statprune.flops import prunable_flops
 from statprune.pruner import Target, prune
+from tests.unit.analytic import model_macs
 from tests.unit.tiny import outputs, random_calibration, rel_err, tiny_model
 
 SEQ = 20
@@ -71,9 +71,10 @@ def test_flops_target_met_within_one_slice(family, sparsity):
     k = ad.hidden_size
     keep = (1 - sparsity) * res.flops_dense
     assert k % WIDTH == 0 and k == res.diagnostics["hidden_size"]
-    assert (
-        res.flops_pruned == pytest.approx(prunable_flops(ad, SEQ)) == pytest.approx(sliced_flops(ad0, k, SEQ))
-    )
+    # closed form of the recorded shapes at hidden size k, plus two k × k shortcuts per layer
+    analytic = model_macs(res.shapes_pruned, k, SEQ, family) + ad.num_layers * 2 * SEQ * k * k
+    assert res.flops_pruned == pytest.approx(analytic, rel=1e-12)
+    assert sliced_flops(ad0, k, SEQ) == pytest.approx(analytic, rel=1e-12)
     assert res.flops_pruned <= keep < sliced_flops(ad0, k + WIDTH, SEQ)  # within one 8-wide slice
     out = outputs(model, calib)
     assert torch.isfinite(out).all() and out.shape[-1] == 97

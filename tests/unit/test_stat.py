@@ -7,9 +7,9 @@ import torch
 
 from statprune.adapters import get_adapter
 from statprune.allocation import BlockCurve, round_neurons
-from statprune.flops import prunable_flops, unit_costs
 from statprune.pruner import Target, prune
 from statprune.stat.prune import StatOptions
+from tests.unit.analytic import largest_unit, model_macs
 from tests.unit.tiny import FAMILIES, outputs, random_calibration, rel_err, tiny_model
 
 QUIET = {"progress": False}
@@ -74,19 +74,18 @@ def test_flops_target_met_within_one_unit(family, allocation, sparsity):
     model = tiny_model(family)
     ad = get_adapter(model)
     seq = 20
-    dense = prunable_flops(ad, seq)
-    costs = [unit_costs(ad, i, seq) for i in range(ad.num_layers)]
-    s = ad.layer_shape(0)
     multiple = StatOptions().neuron_multiple  # kept neurons come in groups of 8 by default
     full = [sh.intermediate for sh in ad.shapes()]
-    biggest_unit = max(max(c.group(s.group_size), multiple * c.neuron) for c in costs)
     res = prune(
         model, random_calibration(), Target(sparsity, seq), options={**QUIET, "allocation": allocation}
     )
-    removed = dense - res.flops_pruned
+    # achieved FLOPs from the recorded shapes by the closed form, not by the FLOPs model under test
+    dense, pruned = (model_macs(sh, 64, seq, family) for sh in (res.shapes_dense, res.shapes_pruned))
+    assert (res.flops_dense, res.flops_pruned) == pytest.approx((dense, pruned), rel=1e-12)
+    biggest_unit = largest_unit(res.shapes_dense[0], 64, seq, family, neuron_multiple=multiple)
+    removed = dense - pruned
     assert removed >= sparsity * dense - 1e-6
     assert removed - sparsity * dense < biggest_unit
-    assert res.flops_pruned == pytest.approx(prunable_flops(ad, seq))
     for layer, n in zip(ad.shapes(), full):
         assert layer.intermediate in (n, *range(multiple)) or layer.intermediate % multiple == 0
 

@@ -35,6 +35,7 @@ from statprune.baselines.slicegpt.rotate import rotate_and_slice_padded, slice_m
 from statprune.baselines.slicegpt.shortcuts import set_shortcut
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
+from statprune.flops import attention_core_macs
 from statprune.pruner import MethodOutput, Target, register_method
 from statprune.runtime import DTYPES
 
@@ -53,14 +54,16 @@ class SliceGPTOptions:
 
 def sliced_flops(adapter: Adapter, k: int, seq_len: float) -> float:
     """Prunable FLOPs of the model sliced to hidden size k, shortcuts included (same convention as
-    :mod:`statprune.flops`: s·in·out per linear, 2·s²·d_h per query head)."""
+    :mod:`statprune.flops`: s·in·out per linear, its attention core per query head)."""
     s = float(seq_len)
     total = 0.0
     for i in range(adapter.num_layers):
         shape = adapter.layer_shape(i)
         width_out = sum(lin.out_features for lin in [*adapter.qkv(i), *adapter.ffn_in(i)])
         width_in = adapter.out_proj(i).in_features + adapter.down_proj(i).in_features
-        total += s * k * (width_out + width_in) + 2.0 * s * s * shape.num_heads * shape.head_dim
+        total += s * k * (width_out + width_in) + shape.num_heads * attention_core_macs(
+            adapter, shape.head_dim, s
+        )
         total += 2.0 * s * k * k  # attention and FFN shortcuts
     return total
 
