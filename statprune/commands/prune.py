@@ -18,10 +18,10 @@ def parse_kv(items: list[str] | None) -> dict[str, str]:
 
 
 def method_names() -> list[str]:
-    """Registered pruning methods (imports the method packages: called only when help is shown)."""
-    from statprune.pruner import load_methods
+    """Registered pruning methods (the name table: no method module is imported)."""
+    from statprune.methods import METHOD_PATHS
 
-    return sorted(load_methods().names())
+    return sorted(METHOD_PATHS)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

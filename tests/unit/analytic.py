@@ -15,6 +15,12 @@ KINDS = {
     "distilbert": (False, False),
     "llama": (True, True),
     "llama-gqa": (True, True),
+    "opt": (True, False),
+    "gpt2": (True, False),
+    "qwen3": (True, True),
+    "phi3": (True, True),
+    "gemma2": (True, True),
+    "gemma3": (True, True),
 }
 
 

@@ -164,6 +164,8 @@ def test_every_option_has_help_with_its_default(command: str) -> None:
         assert action.help, f"{command} {action.option_strings} has no help"
     text = " ".join(sub.format_help().split())
     if command in ("prune", "bench"):
-        assert "one of: kwon, magnitude, slicegpt, stat" in text
+        from statprune.methods import METHOD_PATHS
+
+        assert "one of: " + ", ".join(sorted(METHOD_PATHS)) in text and "wanda-sp" in text
     if command == "prune":
         assert "(default: 512)" in text and "(default: 16)" in text
