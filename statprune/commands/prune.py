@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from statprune.commands.data_args import add_data_arguments, add_random_head_argument, configure_task
 from statprune.errors import StatpruneError
 
 
@@ -46,13 +47,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="checkpoint folder (new, or an existing statprune checkpoint)"
     )
+    add_random_head_argument(p)
+    add_data_arguments(p, task_flag="--calib-task")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from statprune.data import get_task
+    from statprune.data.local import data_provenance
     from statprune.models.checkpoint import REPORT_NAME, check_output_dir, save_pruned
-    from statprune.pipeline import PruneJob, run_prune
+    from statprune.models.load import load_model
+    from statprune.pipeline import PruneJob, resolve_device, resolve_dtype, run_prune
     from statprune.provenance import provenance
+
+    configure_task(args, args.calib_task)
 
     job = PruneJob(
         model=args.model,
@@ -71,8 +79,22 @@ def _run(args: argparse.Namespace) -> int:
     )
     job.validate()
     check_output_dir(args.out)
-    model, tokenizer, result = run_prune(job)
-    report = {**result.to_dict(), "model": args.model, "calib_task": args.calib_task, **provenance()}
+    task = get_task(args.calib_task)
+    model, tokenizer = load_model(  # here, not in run_prune: a random task head is refused first
+        args.model,
+        task=task,
+        dtype=resolve_dtype(args.dtype),
+        device=str(resolve_device(args.device)),
+        random_head="warn" if args.allow_random_head else "refuse",
+    )
+    model, tokenizer, result = run_prune(job, model=model, tokenizer=tokenizer)
+    report = {
+        **result.to_dict(),
+        "model": args.model,
+        "calib_task": args.calib_task,
+        "calib_data": data_provenance(task),
+        **provenance(),
+    }
     save_pruned(model, tokenizer, args.out, report)
     print(
         f"{args.method}: removed {result.sparsity_achieved:.1%} of prunable FLOPs "

@@ -17,13 +17,16 @@ LM; classification/regression → a sequence-classification head with ``task.num
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -34,32 +37,45 @@ if TYPE_CHECKING:
 
     from statprune.data.tasks import Task
 
+log = logging.getLogger(__name__)
+RandomHead = Literal["refuse", "warn", "allow"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PRUNED_KEY = "statprune_shapes"
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def load_model(
-    spec: str, *, task: Task | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    spec: str,
+    *,
+    task: Task | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    random_head: RandomHead = "warn",
 ) -> tuple[PreTrainedModel, Any]:
-    """Model (in eval mode, on ``device``) and tokenizer for ``spec``; see the module doc for the forms."""
+    """Model (in eval mode, on ``device``) and tokenizer for ``spec``; see the module doc for the forms.
+
+    A checkpoint without weights for the task's head (a base model on a classification task) gets a
+    random head: ``random_head`` says whether that is refused (a :class:`StatpruneError`), warned
+    about, or expected (``allow``: fine-tuning trains it).
+    """
+    head = (task, random_head)
     from statprune.assets import asset_path, model_aliases
 
     if spec.startswith("random:"):
         return build_random(spec.removeprefix("random:"), task=task, dtype=dtype, device=device)
     if spec in model_aliases():
-        return _load_local(asset_path(spec), task, dtype, device)
+        return _load_local(asset_path(spec), head, dtype, device)
     path = Path(spec).expanduser()
     if path.is_dir():
         if PRUNED_KEY in _read_config(path):
             from statprune.models.checkpoint import load_pruned
 
             return load_pruned(path, dtype=dtype, device=device)
-        return _load_local(path, task, dtype, device)
+        return _load_local(path, head, dtype, device)
     if path.exists():
         raise StatpruneError(f"{spec!r} is a file; pass the model's directory (the one with config.json)")
     if HUB_ID.match(spec):
-        return _load_hub(spec, task, dtype, device)
+        return _load_hub(spec, head, dtype, device)
     close = difflib.get_close_matches(spec, model_aliases(), n=1)
     raise StatpruneError(
         f"unknown model {spec!r}: not a model alias ({', '.join(model_aliases())}), an existing directory, "
@@ -145,40 +161,46 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _load_pretrained(
-    source: str, task: Task | None, dtype: torch.dtype, device: str, **hub: Any
+    source: str, head: tuple[Task | None, RandomHead], dtype: torch.dtype, device: str, **hub: Any
 ) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
+    task, random_head = head
     config = AutoConfig.from_pretrained(source, **hub)
     configure_head(config, task)
     cls = model_class(config, task)
-    try:
-        model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation="sdpa", **hub)
-    except ValueError as e:  # an architecture without SDPA support
-        if "sdpa" not in str(e).lower():
-            raise
-        model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation="eager", **hub)
+    kw = {"config": config, "dtype": dtype, "output_loading_info": True, **hub}
+    with _quiet_load_report(task):
+        try:
+            model, info = cls.from_pretrained(source, attn_implementation="sdpa", **kw)
+        except ValueError as e:  # an architecture without SDPA support
+            if "sdpa" not in str(e).lower():
+                raise
+            model, info = cls.from_pretrained(source, attn_implementation="eager", **kw)
+    check_head(source, task, sorted(info.get("missing_keys") or ()), random_head)
     tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     _fix_pad(model, tokenizer, task)
     return model.to(device).eval(), tokenizer
 
 
 def _load_local(
-    path: Path, task: Task | None, dtype: torch.dtype, device: str
+    path: Path, head: tuple[Task | None, RandomHead], dtype: torch.dtype, device: str
 ) -> tuple[PreTrainedModel, Any]:
     _read_config(path)
     try:
-        return _load_pretrained(str(path), task, dtype, device, local_files_only=True)
+        return _load_pretrained(str(path), head, dtype, device, local_files_only=True)
     except OSError as e:
         raise StatpruneError(f"cannot load the model in {path}: {e}") from None
 
 
-def _load_hub(hub_id: str, task: Task | None, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, Any]:
+def _load_hub(
+    hub_id: str, head: tuple[Task | None, RandomHead], dtype: torch.dtype, device: str
+) -> tuple[PreTrainedModel, Any]:
     offline = hub_offline()
     if not offline and not hub_reachable():
         offline = True
     try:
-        return _load_pretrained(hub_id, task, dtype, device, local_files_only=offline)
+        return _load_pretrained(hub_id, head, dtype, device, local_files_only=offline)
     except OSError as e:
         if offline:
             raise StatpruneError(
@@ -188,6 +210,41 @@ def _load_hub(hub_id: str, task: Task | None, dtype: torch.dtype, device: str) -
                 f"instead, or use a packaged alias or 'random:<shape>'. ({e.__class__.__name__})"
             ) from None
         raise StatpruneError(f"cannot load {hub_id!r} from the Hugging Face Hub: {e}") from None
+
+
+HEAD_KINDS = ("classification", "regression", "qa")
+
+
+def check_head(source: str, task: Task | None, missing: list[str], policy: RandomHead) -> None:
+    """A task head that the checkpoint lacks was just randomly initialised: scores would be chance."""
+    if task is None or task.kind not in HEAD_KINDS or not missing or policy == "allow":
+        return
+    msg = (
+        f"{source} has no weights for the {task.kind} head of task {task.name!r} ({', '.join(missing)}): "
+        "it would be randomly initialised and score at chance"
+    )
+    if policy == "refuse":
+        raise StatpruneError(
+            f"{msg}. Fine-tune it first (statprune finetune --model {source} --task {task.name}) and use "
+            "that checkpoint, or pass --allow-random-head"
+        )
+    log.warning("statprune: warning: %s", msg)
+
+
+@contextlib.contextmanager
+def _quiet_load_report(task: Task | None) -> Iterator[None]:
+    """transformers' multi-line report of missing head weights; :func:`check_head` says it in one line."""
+    if task is None or task.kind not in HEAD_KINDS:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def hub_offline() -> bool:

@@ -223,6 +223,7 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
 
     from statprune.calibration import make_calibration
     from statprune.data import get_task
+    from statprune.data.local import data_identity, data_provenance
     from statprune.evaluation import evaluate
     from statprune.models.load import load_model
     from statprune.pruner import Target, prune
@@ -234,7 +235,6 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
     timer = _Timer()
     task = get_task(cfg.task)
     calib_task = task if cfg.calib_task == cfg.task else get_task(cfg.calib_task)
-    eval_task = limited(task, cfg.eval_split, cfg.eval_limit)
     calib_task = limited(calib_task, cfg.calib_split, cfg.calib_limit)
 
     model_spec = cfg.model
@@ -244,21 +244,22 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
             model_spec = str(finetuned_model(cfg, device))
     with timer("load"):
         say(f"load {model_spec} ({cfg.dtype}, {device})")
-        model, tokenizer = load_model(model_spec, task=task, dtype=dtype, device=device)
+        model, tokenizer = load_model(model_spec, task=task, dtype=dtype, device=device, random_head="refuse")
 
     def run_eval() -> dict[str, float]:
         return evaluate(
             model,
             tokenizer,
-            eval_task,
+            task,
             cfg.eval_split,
             batch_size=cfg.eval_batch_size,
             max_length=cfg.max_length,
             device=device,
+            limit=cfg.eval_limit,
         )
 
     with timer("dense_eval"):
-        dense, dense_cached = dense_metrics(cfg, store.root, run_eval)
+        dense, dense_cached = dense_metrics(cfg, store.root, run_eval, data_identity(task))
         say(f"dense {cfg.task}/{cfg.eval_split}: {_fmt(dense)}" + (" (cached)" if dense_cached else ""))
     with timer("calibration"):
         examples = calib_task.encode(tokenizer, cfg.calib_split, cfg.max_length)
@@ -298,6 +299,9 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": device,
         "model_path": model_spec if model_spec != cfg.model else None,
+        "data": data_provenance(task),
+        "calib_data": data_provenance(calib_task),
+        "examples_scored": int(metrics["num_examples"]),
     }
 
 
@@ -311,26 +315,13 @@ def flops_seq_len(cfg: RunConfig, task: Any) -> float:
     return task.flops_seq_len
 
 
-@dataclass(frozen=True)
-class _Head:
-    """A loader that keeps the first ``n`` rows of one split (picklable, unlike a lambda)."""
-
-    loader: Any
-    split: str
-    n: int
-
-    def __call__(self, split: str) -> list[dict[str, Any]]:
-        rows = self.loader(split)
-        return rows[: self.n] if split == self.split else rows
-
-
 def limited(task: Any, split: str, n: int | None) -> Any:
-    """``task`` with only the first ``n`` rows of ``split`` (``calib_limit``/``eval_limit``)."""
+    """``task`` with only the first ``n`` rows of ``split`` (``calib_limit``)."""
     if n is None:
         return task
-    import dataclasses
+    from statprune.evaluation.evaluate import first_rows
 
-    return dataclasses.replace(task, loader=_Head(task.loader, task.canonical_split(split), n))
+    return first_rows(task, task.canonical_split(split), n)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -349,22 +340,28 @@ def _key_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def dense_metrics(cfg: RunConfig, results_root: Path, evaluate_dense: Any) -> tuple[dict[str, float], bool]:
+def dense_metrics(
+    cfg: RunConfig, results_root: Path, evaluate_dense: Any, data: Any = None
+) -> tuple[dict[str, float], bool]:
     """The dense model's metrics for this (model, fine-tune, task, split, ...), computed once.
 
-    Concurrent jobs needing the same entry wait on a file lock instead of evaluating twice.
+    Concurrent jobs needing the same entry wait on a file lock instead of evaluating twice. ``data``
+    identifies local data by content, so an edited file is evaluated again.
     """
     key = {
         "model": cfg.model,
         "finetune": _thaw(cfg.finetune),
         "task": cfg.task,
         "split": cfg.eval_split,
-        "limit": cfg.eval_limit,
+        # the limit counts examples or LM windows (it counted LM documents before): keys never mix the two
+        "limit": None if cfg.eval_limit is None else {"n": cfg.eval_limit, "of": "examples or windows"},
         "max_length": cfg.max_length,
         "batch_size": cfg.eval_batch_size,
         "dtype": cfg.dtype,
         "statprune": __version__,  # a release may change data preparation: never reuse across versions
     }
+    if data is not None:
+        key["data"] = data
     h = _key_hash(key)
     path = results_root / ".dense" / f"{h}.json"
     with exclusive(results_root / ".dense" / f"{h}.lock"):

@@ -79,7 +79,7 @@ class Settings:
     dtype: str = "float32"
     device: str = "auto"  # auto = cuda when a GPU is visible to the job, else cpu
     calib_limit: int | None = None  # use only the first N rows of the calibration split (smoke tests)
-    eval_limit: int | None = None  # use only the first N rows of the evaluation split (LM: documents)
+    eval_limit: int | None = None  # score only the first N examples of the evaluation split (LM: windows)
 
 
 @dataclass(frozen=True)
@@ -341,9 +341,15 @@ def _task_names() -> Any:
 
 
 def _check_task(where: str, name: str) -> None:
-    registry = _task_names()
-    if registry is not None and hasattr(registry, "__contains__") and name not in registry:
-        raise _err(where, registry.unknown_message(name))
+    """A registered task or local data (a path, a task file); checked where the data package is installed."""
+    if _task_names() is None:
+        return
+    from statprune.data import get_task
+
+    try:
+        get_task(name)
+    except StatpruneError as e:
+        raise _err(where, str(e)) from None
 
 
 def _check_model(where: str, spec: str) -> None:

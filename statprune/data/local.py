@@ -1,0 +1,683 @@
+"""Your own data as a task: a data file, a folder of split files, or a task file (``.toml``).
+
+Wherever a task name goes (``--task``, ``--calib-task``, a sweep spec's ``tasks``), a path works too:
+
+* a file — ``.txt`` (language modelling: paragraphs joined by blank lines), ``.jsonl``/``.json``,
+  ``.csv``/``.tsv`` (header or none) or ``.parquet``. A file named ``train``/``dev``/``validation``/
+  ``test`` is that split; any other single file is the ``train`` split.
+* a folder holding one file (or a sub-folder of files) per split, named ``train``, ``dev`` (or
+  ``validation``/``valid``/``val``) and ``test``.
+* a task file ``*.toml`` naming the data (``data = "folder"`` or a ``[splits]`` table) and anything
+  else: ``kind``, ``text_column``, ``text_pair_column``, ``label_column``, ``labels``, ``header``,
+  ``metrics``, ``max_length``, ``split_from``/``dev_fraction``/``test_fraction``/``seed``.
+
+Rows are read through ``datasets``' csv/json/text/parquet builders (imported only here). Without a
+label column the task is language modelling over the text column; with one it is classification
+(labels mapped to ids in sorted order — numeric order when every label is a number — over all splits,
+so every split and every command agrees) or regression when a label is a non-integral number.
+Missing splits are never made up: ``split_from`` with ``dev_fraction``/``test_fraction`` carves them
+out of an existing split by a seeded hash of each row's text (:func:`~statprune.data.tasks.hash_split`);
+otherwise asking for a missing split is an error naming the files found.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import functools
+import hashlib
+import itertools
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from statprune.data.tasks import SPLITS, LMTask, Row, Task, TextTask, hash_split
+from statprune.errors import StatpruneError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet")
+TASK_FILE_SUFFIX = ".toml"
+SPLIT_STEMS = {
+    "train": "train",
+    "dev": "dev",
+    "validation": "dev",
+    "valid": "dev",
+    "val": "dev",
+    "test": "test",
+}
+KINDS = ("lm", "classification", "regression")
+FORMS = (
+    "a data file (.txt, .jsonl, .csv, .tsv, .parquet), a folder of train/dev/test files, "
+    "or a task file (.toml); see the README section 'Your own data'"
+)
+TEXT_NAMES = ("text", "sentence", "sentence1", "review", "content", "document", "question", "question1",
+              "premise", "comment", "body", "tweet")  # fmt: skip
+PAIR_NAMES = ("text_pair", "sentence2", "hypothesis", "question2", "pair")
+LABEL_NAMES = ("label", "labels", "target", "class", "score", "y", "gold_label", "sentiment", "category",
+               "rating", "stars")  # fmt: skip
+ID_NAMES = ("id", "idx", "index", "guid", "uid")
+LM_WINDOW = 512
+CLASSIFICATION_MAX_LENGTH = 128
+Column = str | int
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """How to read user data (CLI flags or a task file); None means detect."""
+
+    text_column: Column | None = None
+    text_pair_column: Column | None = None
+    label_column: Column | None = None
+    kind: str | None = None
+    labels: tuple[str, ...] | None = None  # label names in id order
+    header: bool | None = None  # csv/tsv only
+    metrics: tuple[str, ...] = ()
+    max_length: int | None = None  # truncation, or the LM window
+    split_from: str | None = None
+    dev_fraction: float = 0.0
+    test_fraction: float = 0.0
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise StatpruneError(f"task kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        for name in ("dev_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise StatpruneError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.dev_fraction + self.test_fraction >= 1.0:
+            raise StatpruneError("dev_fraction + test_fraction must be below 1")
+        carving = self.dev_fraction > 0 or self.test_fraction > 0
+        if carving != (self.split_from is not None):
+            raise StatpruneError(
+                "creating splits needs both a source split and a fraction: "
+                "--split-from SPLIT with --dev-fraction and/or --test-fraction (task file: split_from, ...)"
+            )
+        if self.split_from is not None and SPLIT_STEMS.get(self.split_from) is None:
+            raise StatpruneError(f"split_from {self.split_from!r} is not one of {', '.join(SPLITS)}")
+        if self.max_length is not None and self.max_length < 2:
+            raise StatpruneError(f"max_length must be ≥ 2, got {self.max_length}")
+
+
+# ---- the task types ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StoredRows:
+    """The loader of a local task: its rows, already read (picklable)."""
+
+    rows: tuple[tuple[str, tuple[Row, ...]], ...]
+
+    def __call__(self, split: str) -> list[Row]:
+        return [dict(r) for r in dict(self.rows)[split]]
+
+
+class _Local:
+    """What local tasks add: provenance, and errors on missing splits that name the files."""
+
+    info: dict[str, Any]
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the rows came from: path, content hash of the files read, columns and label ids."""
+        return copy.deepcopy(self.info)
+
+    def canonical_split(self, split: str) -> str:
+        try:
+            return super().canonical_split(split)  # type: ignore[misc]
+        except StatpruneError as e:
+            files = ", ".join(f"{s}: {', '.join(f)}" for s, f in self.info["splits"].items())
+            raise StatpruneError(
+                f"{e}. Files found in {self.info['path']}: {files}. Add a {split} file, or create the split "
+                "from another: --split-from train --dev-fraction 0.1 (or --test-fraction; task file: "
+                "split_from, dev_fraction, test_fraction)"
+            ) from None
+
+
+@dataclass(frozen=True)
+class LocalTextTask(_Local, TextTask):
+    info: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class LocalLMTask(_Local, LMTask):
+    info: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+# ---- resolving a spec -------------------------------------------------------------------------------
+
+_CONFIGURED: dict[str, Task] = {}
+
+
+def is_local_spec(spec: str) -> bool:
+    """Whether ``spec`` names local data (an existing path, or a data/task file name)."""
+    p = Path(spec).expanduser()
+    return p.suffix in (*DATA_SUFFIXES, TASK_FILE_SUFFIX) or p.exists()
+
+
+def local_task(spec: str, options: LocalOptions | None = None) -> Task:
+    """The task over the data ``spec`` names, read with ``options`` (a task file's own, by default).
+
+    Tasks built with options by :func:`configure` are returned for the same ``spec`` afterwards.
+    """
+    if options is None and spec in _CONFIGURED:
+        return _CONFIGURED[spec]
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise StatpruneError(f"no such data file or folder: {spec} (a task is a registered name or {FORMS})")
+    root, files, file_options, task_file = _resolve(path)
+    given = {k: v for k, v in dataclasses.asdict(options or LocalOptions()).items() if v != _DEFAULTS[k]}
+    opts = dataclasses.replace(file_options, **given)
+    return _build(spec, root, _files_key(files), opts, task_file, _stamp(files, task_file))
+
+
+def configure(spec: str, options: LocalOptions) -> Task:
+    """Build ``spec`` with ``options`` and make later ``get_task(spec)`` calls in this process return it.
+
+    This is how CLI flags (``--label-column``) reach the library code that looks tasks up by name.
+    """
+    task = local_task(spec, options)
+    _CONFIGURED[spec] = task
+    return task
+
+
+_DEFAULTS = dataclasses.asdict(LocalOptions())
+
+
+def _resolve(path: Path) -> tuple[Path, dict[str, list[Path]], LocalOptions, Path | None]:
+    """(data root, split → files, options of the task file, task file) of a path."""
+    if path.is_file() and path.suffix == TASK_FILE_SUFFIX:
+        return _read_task_file(path)
+    return path.resolve(), discover(path), LocalOptions(), None
+
+
+def discover(path: Path) -> dict[str, list[Path]]:
+    """Split → data files of a file or a folder (see the module doc); errors name what was found."""
+    path = path.resolve()
+    if path.is_file():
+        _check_suffix(path)
+        return {SPLIT_STEMS.get(path.stem.lower(), "train"): [path]}
+    found: dict[str, list[Path]] = {}
+    others: list[str] = []
+    for p in sorted(path.iterdir()):
+        split = SPLIT_STEMS.get((p.stem if p.is_file() else p.name).lower())
+        if p.is_file() and split and p.suffix in DATA_SUFFIXES:
+            files = [p]
+        elif p.is_dir() and split:
+            files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in DATA_SUFFIXES)
+            if not files:
+                raise StatpruneError(f"{p} has no data files ({', '.join(DATA_SUFFIXES)})")
+        else:
+            if not p.name.startswith("."):
+                others.append(p.name + ("/" if p.is_dir() else ""))
+            continue
+        if split in found:
+            clash = ", ".join(f.name for f in found[split] + files)
+            raise StatpruneError(f"{path}: more than one source for split {split!r} ({clash}); keep one")
+        found[split] = files
+    if not found:
+        raise StatpruneError(
+            f"{path} has no split files: name them train, dev (or validation) and test with an extension "
+            f"of {', '.join(DATA_SUFFIXES)}, or make folders of those names; found: {', '.join(others) or 'nothing'}"
+        )
+    return found
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix not in DATA_SUFFIXES:
+        raise StatpruneError(f"{path}: unknown data file type; use one of {', '.join(DATA_SUFFIXES)}")
+
+
+TASK_FILE_KEYS = {"data", "splits", *(f.name for f in dataclasses.fields(LocalOptions))}
+
+
+def _read_task_file(path: Path) -> tuple[Path, dict[str, list[Path]], LocalOptions, Path]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise StatpruneError(f"cannot read task file {path}: {e}") from None
+    unknown = sorted(set(raw) - TASK_FILE_KEYS)
+    if unknown:
+        raise StatpruneError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TASK_FILE_KEYS))}"
+        )
+    base = path.resolve().parent
+    if ("data" in raw) == ("splits" in raw):
+        raise StatpruneError(f'{path}: give either data = "file or folder" or a [splits] table')
+    if "data" in raw:
+        root = (base / str(raw["data"])).resolve()
+        if not root.exists():
+            raise StatpruneError(f"{path}: data {raw['data']!r} does not exist ({root})")
+        files = discover(root)
+    else:
+        root, files = base, {}
+        for split, value in dict(raw["splits"]).items():
+            canon = SPLIT_STEMS.get(split)
+            if canon is None:
+                raise StatpruneError(f"{path}: split {split!r} is not one of {', '.join(SPLIT_STEMS)}")
+            paths = [(base / str(v)).resolve() for v in (value if isinstance(value, list) else [value])]
+            for p in paths:
+                if not p.is_file():
+                    raise StatpruneError(f"{path}: splits.{split}: no such file {p}")
+                _check_suffix(p)
+            files[canon] = paths
+    values = {k: v for k, v in raw.items() if k not in ("data", "splits")}
+    for key in ("labels", "metrics"):
+        if key in values:
+            values[key] = tuple(str(x) for x in values[key])
+    try:
+        options = LocalOptions(**values)
+    except TypeError as e:
+        raise StatpruneError(f"{path}: {e}") from None
+    except StatpruneError as e:
+        raise StatpruneError(f"{path}: {e}") from None
+    return root, files, options, path.resolve()
+
+
+def _files_key(files: dict[str, list[Path]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((s, tuple(str(p) for p in files[s])) for s in SPLITS if s in files)
+
+
+def _stamp(files: dict[str, list[Path]], task_file: Path | None) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of every file: the cache of built tasks is keyed by it."""
+    paths = sorted({str(p) for ps in files.values() for p in ps} | ({str(task_file)} if task_file else set()))
+    return tuple((p, Path(p).stat().st_mtime_ns, Path(p).stat().st_size) for p in paths)
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+
+
+def _datasets() -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise StatpruneError(
+            "reading local data files needs the 'datasets' package: pip install datasets"
+        ) from None
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(str(value).strip())
+    except ValueError:
+        return False
+    return bool(str(value).strip())
+
+
+def sniff_header(path: Path, delimiter: str, quoting: int) -> bool:
+    """Whether a csv/tsv file starts with a header row.
+
+    Yes when a first-row cell is a usual column name (``text``, ``label``, …), or when in some column
+    the first cell is not a number but the rest are, or the rest take few values that the first is
+    not one of (a label column under its name).
+    """
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = [r for r in itertools.islice(csv.reader(f, delimiter=delimiter, quoting=quoting), 500) if r]
+    if len(rows) < 2:
+        return False
+    names = {n.lower() for n in (*TEXT_NAMES, *PAIR_NAMES, *LABEL_NAMES, *ID_NAMES)}
+    first, rest = rows[0], rows[1:]
+    if any(c.strip().lower() in names for c in first):
+        return True
+    for j, cell in enumerate(first):
+        col = [r[j] for r in rest if j < len(r)]
+        if not col:
+            continue
+        if all(_is_number(v) for v in col) and not _is_number(cell):
+            return True
+        distinct = set(col)
+        if len(col) >= 4 and cell not in distinct and len(distinct) <= max(2, len(col) // 10):
+            return True
+    return False
+
+
+def read_file(path: Path, header: bool | None = None) -> tuple[list[Row], bool | None]:
+    """Rows of one data file through ``datasets``' builders, and whether a csv/tsv had a header.
+
+    Delimited files are read with every column as a string (labels are parsed later), blank lines
+    skipped and no ``NA`` guessing; text files give one row ``{"text": paragraph}`` per paragraph.
+    """
+    ds = _datasets()
+    common = {"split": "train", "data_files": [str(path)]}
+    try:
+        if path.suffix == ".txt":
+            data = ds.load_dataset("text", sample_by="paragraph", **common)
+        elif path.suffix in (".json", ".jsonl"):
+            data = ds.load_dataset("json", **common)
+        elif path.suffix == ".parquet":
+            data = ds.load_dataset("parquet", **common)
+        else:
+            sep = "\t" if path.suffix == ".tsv" else ","
+            quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL  # TSV quotes are text
+            if header is None:
+                header = sniff_header(path, sep, quoting)
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                first = next(csv.reader(f, delimiter=sep, quoting=quoting), [])
+            width = max((len(r) for r in _sample_rows(path, sep, quoting)), default=len(first))
+            names = [c.strip() for c in first] if header else [str(i) for i in range(width)]
+            if header and len(set(names)) != len(names):
+                raise StatpruneError(f"{path}: repeated column names in the header: {', '.join(names)}")
+            data = ds.load_dataset(
+                "csv",
+                sep=sep,
+                quoting=quoting,
+                header=0 if header else None,
+                column_names=None if header else names,
+                features=ds.Features({n: ds.Value("string") for n in names}),
+                na_filter=False,
+                encoding="utf-8-sig",
+                **common,
+            )
+            if header:
+                data = data.rename_columns(
+                    {old: new for old, new in zip(data.column_names, names) if old != new}
+                )
+    except StatpruneError:
+        raise
+    except Exception as e:  # datasets/pyarrow/pandas raise many types for malformed files
+        raise StatpruneError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    return data.to_list(), header if path.suffix in (".csv", ".tsv") else None
+
+
+def _sample_rows(path: Path, sep: str, quoting: int) -> list[list[str]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(itertools.islice(csv.reader(f, delimiter=sep, quoting=quoting), 500))
+
+
+# ---- detection --------------------------------------------------------------------------------------
+
+
+def _text_like(values: list[Any]) -> bool:
+    """Strings that are not numbers, mostly with spaces or long: sentences, not codes or labels."""
+    vals = [v for v in values if v not in (None, "")]
+    if not vals or not all(isinstance(v, str) for v in vals):
+        return False
+    if sum(_is_number(v) for v in vals) > 0.1 * len(vals):
+        return False
+    spaced = sum(" " in v.strip() for v in vals) / len(vals)
+    return spaced >= 0.5 or sum(len(v) for v in vals) / len(vals) > 20
+
+
+def _pick(given: Column | None, columns: list[str], what: str, flag: str) -> str | None:
+    """The column a user named, by name or 0-based position; an error lists the columns."""
+    if given is None:
+        return None
+    if str(given) in columns:
+        return str(given)
+    if re.fullmatch(r"\d+", str(given)) and int(given) < len(columns):
+        return columns[int(given)]
+    raise StatpruneError(
+        f"{flag} {given!r}: no such {what} column; columns: {', '.join(columns)} (or their 0-based positions)"
+    )
+
+
+def _named(columns: list[str], names: tuple[str, ...], exclude: set[str]) -> str | None:
+    lower = {c.lower(): c for c in columns if c not in exclude}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str
+    text: str
+    pair: str | None
+    label: str | None
+
+
+def detect(rows: list[Row], opts: LocalOptions) -> Layout:
+    """Kind and columns: the user's, else by name, else by content (first text-like column is the text,
+    the first other column that is not an id is the label; none → language modelling)."""
+    columns = list(dict.fromkeys(k for r in rows[:1000] for k in r))
+    sample = rows[:2000]
+    values = {c: [r.get(c) for r in sample] for c in columns}
+    text = _pick(opts.text_column, columns, "text", "--text-column")
+    pair = _pick(opts.text_pair_column, columns, "text pair", "--text-pair-column")
+    label = _pick(opts.label_column, columns, "label", "--label-column")
+    used = {c for c in (text, pair, label) if c}
+    if text is None:
+        text = _named(columns, TEXT_NAMES, used) or next(
+            (c for c in columns if c not in used and _text_like(values[c])), None
+        )
+        if text is None:
+            raise StatpruneError(
+                f"cannot tell which column holds the text; columns: {', '.join(columns)}; pass --text-column"
+            )
+        used.add(text)
+    if pair is None and opts.text_pair_column is None:
+        pair = _named(columns, PAIR_NAMES, used)
+        used |= {pair} if pair else set()
+    if label is None and opts.kind != "lm":
+        label = _named(columns, LABEL_NAMES, used) or next(
+            (c for c in columns if c not in used and _label_like(c, values[c])), None
+        )
+    kind = opts.kind
+    if kind is None:
+        if label is None:
+            kind = "lm"
+        else:
+            vals = [v for v in values[label] if v not in (None, "")]
+            fractional = any(_is_number(v) and not float(str(v)).is_integer() for v in vals)
+            kind = (
+                "regression" if vals and all(_is_number(v) for v in vals) and fractional else "classification"
+            )
+    if kind != "lm" and label is None:
+        raise StatpruneError(
+            f"a {kind} task needs a label column; columns: {', '.join(columns)}; pass --label-column"
+        )
+    return Layout(kind, text, pair if kind != "lm" else None, label if kind != "lm" else None)
+
+
+def _label_like(name: str, values: list[Any]) -> bool:
+    """Scalar values that are not an id (id-like name, or all distinct integers/strings of many rows)."""
+    vals = [v for v in values if v not in (None, "")]
+    if not vals or name.lower() in ID_NAMES or not all(isinstance(v, str | int | float | bool) for v in vals):
+        return False
+    fractional = all(_is_number(v) and not float(str(v)).is_integer() for v in vals)
+    return fractional or len(vals) < 20 or len(set(map(str, vals))) < len(vals)
+
+
+def label_key(value: Any) -> str:
+    """A label as text: ``1``, ``1.0`` and ``"1"`` are the same label."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    s = str(value).strip()
+    if re.fullmatch(r"-?\d+\.0*", s):
+        return s.split(".")[0]
+    return s
+
+
+def label_ids(values: list[Any], given: tuple[str, ...] | None) -> dict[str, int]:
+    """Label → id: the given order, else sorted (numerically when every label is a number)."""
+    keys = sorted({label_key(v) for v in values if v not in (None, "")})
+    if given is not None:
+        missing = [k for k in keys if k not in given]
+        if missing:
+            raise StatpruneError(
+                f"labels {', '.join(missing)} are not among the task's labels {', '.join(given)}"
+            )
+        return {name: i for i, name in enumerate(given)}
+    if all(_is_number(k) for k in keys):
+        keys.sort(key=float)
+    if len(keys) < 2:
+        raise StatpruneError(
+            f"the label column holds a single value ({', '.join(keys) or 'none'}); a classifier needs two or more"
+        )
+    return {k: i for i, k in enumerate(keys)}
+
+
+# ---- building the task ------------------------------------------------------------------------------
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _build(
+    spec: str,
+    root: Path,
+    files: tuple[tuple[str, tuple[str, ...]], ...],
+    opts: LocalOptions,
+    task_file: Path | None,
+    stamp: tuple[tuple[str, int, int], ...],
+) -> Task:
+    raw: dict[str, list[Row]] = {}
+    header: bool | None = None
+    for split, paths in files:
+        raw[split] = []
+        for p in paths:
+            rows, h = read_file(Path(p), opts.header)
+            header = h if header is None else header
+            raw[split] += rows
+    everything = [r for rows in raw.values() for r in rows]
+    if not everything:
+        raise StatpruneError(f"{spec}: the data files hold no rows")
+    layout = detect(everything, opts)
+    ids = None
+    if layout.kind == "classification":
+        ids = label_ids([r.get(layout.label) for r in everything], opts.labels)
+    rows = {split: [_row(r, layout, ids, spec) for r in raw_rows] for split, raw_rows in raw.items()}
+    created = _carve(rows, opts, spec) if opts.split_from else None
+    order = tuple(s for s in SPLITS if s in rows)
+    info = {
+        "source": "local",
+        "path": str(task_file or root),
+        "content_sha256": hashlib.sha256("".join(_sha256(p) for p, _, _ in stamp).encode()).hexdigest(),
+        "files": {p: _sha256(p) for p, _, _ in stamp},
+        "splits": {s: [_shown(p, root) for p in dict(files)[s]] for s in dict(files)},
+        "kind": layout.kind,
+        "columns": {"text": layout.text, "text_pair": layout.pair, "label": layout.label},
+        "header": header,
+        "labels": ids,
+        "created_splits": created,
+    }
+    log.info(
+        "%s: %s task, text column %r%s%s; splits %s",
+        spec, layout.kind, layout.text, f", pair {layout.pair!r}" if layout.pair else "",
+        f", label {layout.label!r}" + (f" ({', '.join(f'{k}→{v}' for k, v in ids.items())})" if ids else "")
+        if layout.label else "",
+        ", ".join(f"{s} {len(rows[s])}" for s in order),
+    )  # fmt: skip
+    common = {
+        "name": spec,
+        "kind": layout.kind,
+        "loader": _StoredRows(tuple((s, tuple(rows[s])) for s in order)),
+        "splits": order,
+        "description": opts.description or f"local data {info['path']}",
+        "info": info,
+    }
+    if layout.kind == "lm":
+        window = opts.max_length or LM_WINDOW
+        return LocalLMTask(
+            num_labels=0, metric_names=opts.metrics or ("perplexity",), flops_seq_len=float(window),
+            max_length=window, separator="\n\n", **common,
+        )  # fmt: skip
+    length = opts.max_length or CLASSIFICATION_MAX_LENGTH
+    metrics = opts.metrics or (
+        ("accuracy", "f1") if layout.kind == "classification" else ("pearson", "spearman")
+    )
+    _check_metrics(layout.kind, metrics)
+    return LocalTextTask(
+        num_labels=len(ids) if ids else 1, metric_names=metrics,
+        flops_seq_len=_estimate_tokens(rows.get("dev") or next(iter(rows.values())), length),
+        max_length=length, **common,
+    )  # fmt: skip
+
+
+def _shown(path: str, root: Path) -> str:
+    """A file as the user would name it: relative to the folder (or task file's folder) given."""
+    p = Path(path)
+    return str(p.relative_to(root)) if root.is_dir() and p.is_relative_to(root) else p.name
+
+
+def _row(raw: Row, layout: Layout, ids: dict[str, int] | None, spec: str) -> Row:
+    text = raw.get(layout.text)
+    row: Row = {"text": "" if text is None else str(text)}
+    if layout.pair:
+        row["text_pair"] = str(raw.get(layout.pair) or "")
+    if layout.label:
+        value = raw.get(layout.label)
+        if value in (None, ""):
+            raise StatpruneError(f"{spec}: a row has no label in column {layout.label!r}: {raw}")
+        if ids is not None:
+            row["label"] = ids[label_key(value)]
+        else:
+            try:
+                row["label"] = float(value)
+            except (TypeError, ValueError):
+                raise StatpruneError(f"{spec}: regression label {value!r} is not a number") from None
+    return row
+
+
+def _carve(rows: dict[str, list[Row]], opts: LocalOptions, spec: str) -> dict[str, Any]:
+    """Move rows of ``split_from`` into new dev/test splits by a seeded hash of their text."""
+    source = SPLIT_STEMS[opts.split_from or ""]
+    targets = [s for s, f in (("dev", opts.dev_fraction), ("test", opts.test_fraction)) if f > 0]
+    if source not in rows:
+        raise StatpruneError(
+            f"{spec}: cannot create splits from {source!r}: there is no such split ({', '.join(rows)})"
+        )
+    for t in targets:
+        if t == source or t in rows:
+            raise StatpruneError(f"{spec}: split {t!r} already exists; drop --{t}-fraction")
+    out: dict[str, list[Row]] = {source: [], **{t: [] for t in targets}}
+    for r in rows[source]:
+        key = r["text"] + "\x1f" + r.get("text_pair", "")
+        s = hash_split(key, seed=opts.seed, dev=opts.dev_fraction, test=opts.test_fraction)
+        out[source if s == "train" else s].append(r)
+    for s, part in out.items():
+        if not part:
+            raise StatpruneError(
+                f"{spec}: creating splits left {s!r} empty ({len(rows[source])} rows in {source!r})"
+            )
+    rows.update(out)
+    return {"from": source, "dev_fraction": opts.dev_fraction, "test_fraction": opts.test_fraction, "seed": opts.seed,
+            "rows": {s: len(p) for s, p in out.items()}}  # fmt: skip
+
+
+def _estimate_tokens(rows: list[Row], cap: int) -> float:
+    """Mean tokens per example for the FLOPs model (≈1.3 tokens a word plus 3 specials; --seq-len overrides)."""
+    words = [len(r["text"].split()) + len(r.get("text_pair", "").split()) for r in rows]
+    return float(min(cap, round(1.3 * sum(words) / max(len(words), 1) + 3, 2)))
+
+
+def _check_metrics(kind: str, metrics: tuple[str, ...]) -> None:
+    from statprune.evaluation.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+    table = CLASSIFICATION_METRICS if kind == "classification" else REGRESSION_METRICS
+    bad = [m for m in metrics if m not in table]
+    if bad:
+        raise StatpruneError(f"unknown {kind} metric(s) {', '.join(bad)}; known: {', '.join(sorted(table))}")
+
+
+def data_provenance(task: Task) -> dict[str, Any]:
+    """A task's data source for records: ``task.provenance()`` where the task has one."""
+    fn = getattr(task, "provenance", None)
+    return fn() if callable(fn) else {"source": "registered", "name": task.name}
+
+
+def data_identity(task: Task) -> dict[str, Any] | None:
+    """What cache keys (fine-tunes, dense metrics) must add for local data (content, columns, labels)."""
+    if not isinstance(task, _Local):
+        return None
+    return {k: v for k, v in task.provenance().items() if k not in ("path", "files", "splits")}
