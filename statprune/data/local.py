@@ -136,10 +136,16 @@ class _Local:
             return super().canonical_split(split)  # type: ignore[misc]
         except StatpruneError as e:
             files = ", ".join(f"{s}: {', '.join(f)}" for s, f in self.info["splits"].items())
+            want = SPLIT_STEMS.get(split, split)
+            source = "train" if "train" in self.info["splits"] else next(iter(self.info["splits"]))
+            carve = (
+                f", or create it from another split: --split-from {source} --{want}-fraction 0.1 "
+                f"(task file: split_from, {want}_fraction)"
+                if want in ("dev", "test")
+                else ""
+            )
             raise StatpruneError(
-                f"{e}. Files found in {self.info['path']}: {files}. Add a {split} file, or create the split "
-                "from another: --split-from train --dev-fraction 0.1 (or --test-fraction; task file: "
-                "split_from, dev_fraction, test_fraction)"
+                f"{e}. Files found in {self.info['path']}: {files}. Add a {want} file{carve}"
             ) from None
 
 
