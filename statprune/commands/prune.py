@@ -53,10 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from statprune.adapters import get_adapter
     from statprune.data import get_task
     from statprune.data.local import data_provenance
     from statprune.models.checkpoint import REPORT_NAME, check_output_dir, save_pruned
-    from statprune.models.load import load_model
+    from statprune.models.load import check_head, load_model, random_head_keys
     from statprune.pipeline import PruneJob, resolve_device, resolve_dtype, run_prune
     from statprune.provenance import provenance
 
@@ -85,8 +86,11 @@ def _run(args: argparse.Namespace) -> int:
         task=task,
         dtype=resolve_dtype(args.dtype),
         device=str(resolve_device(args.device)),
-        random_head="warn" if args.allow_random_head else "refuse",
+        random_head="allow",
     )
+    get_adapter(model)  # an architecture without an adapter is the first thing to say
+    policy = "warn" if args.allow_random_head else "refuse"
+    check_head(args.model, task, random_head_keys(model), policy)
     model, tokenizer, result = run_prune(job, model=model, tokenizer=tokenizer)
     report = {
         **result.to_dict(),

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -177,7 +178,10 @@ def _load_pretrained(
             if "sdpa" not in str(e).lower():
                 raise
             model, info = cls.from_pretrained(source, attn_implementation="eager", **kw)
-    check_head(source, task, sorted(info.get("missing_keys") or ()), random_head)
+    missing = sorted(info.get("missing_keys") or ())
+    if task is not None and task.kind in HEAD_KINDS and missing:
+        _RANDOM_HEADS[model] = missing
+    check_head(source, task, missing, random_head)
     tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     _fix_pad(model, tokenizer, task)
     return model.to(device).eval(), tokenizer
@@ -213,6 +217,12 @@ def _load_hub(
 
 
 HEAD_KINDS = ("classification", "regression", "qa")
+_RANDOM_HEADS: weakref.WeakKeyDictionary[torch.nn.Module, list[str]] = weakref.WeakKeyDictionary()
+
+
+def random_head_keys(model: torch.nn.Module) -> list[str]:
+    """The head weights that :func:`load_model` had to initialise randomly for this model (usually none)."""
+    return list(_RANDOM_HEADS.get(model, ()))
 
 
 def check_head(source: str, task: Task | None, missing: list[str], policy: RandomHead) -> None:

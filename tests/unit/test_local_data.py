@@ -101,10 +101,14 @@ def test_jsonl_without_labels_is_language_modelling_and_parquet_regression(tmp_p
     import pyarrow.parquet as pq
 
     (tmp_path / "lm").mkdir()
-    (tmp_path / "lm" / "test.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i} words"}) for i in range(5)))
+    (tmp_path / "lm" / "test.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"doc {i} words"}) for i in range(5))
+    )
     lm = get_task(str(tmp_path / "lm"))
     assert lm.kind == "lm" and lm.splits == ("test",) and lm.text("test").startswith("doc 0 words\n\ndoc 1")
-    table = pa.table({"sentence": [f"item {i} is here" for i in range(8)], "score": [i / 3 for i in range(8)]})
+    table = pa.table(
+        {"sentence": [f"item {i} is here" for i in range(8)], "score": [i / 3 for i in range(8)]}
+    )
     pq.write_table(table, tmp_path / "dev.parquet")
     reg = get_task(str(tmp_path / "dev.parquet"))
     assert (reg.kind, reg.num_labels, reg.splits) == ("regression", 1, ("dev",))
@@ -130,7 +134,9 @@ def test_task_file_names_splits_columns_and_label_order(tmp_path: Path) -> None:
 
 def test_missing_split_is_an_error_naming_the_files_unless_created_from_a_seed(reviews: Path) -> None:
     task = get_task(str(reviews))
-    with pytest.raises(StatpruneError, match=r"no split 'dev'.*train: train.csv, test: test.csv.*--split-from"):
+    with pytest.raises(
+        StatpruneError, match=r"no split 'dev'.*train: train.csv, test: test.csv.*--split-from"
+    ):
         task.examples("dev")
     carved = local_task(str(reviews), LocalOptions(split_from="train", dev_fraction=0.25))
     again = local_task(str(reviews), LocalOptions(split_from="train", dev_fraction=0.25))
@@ -144,7 +150,9 @@ def test_missing_split_is_an_error_naming_the_files_unless_created_from_a_seed(r
         local_task(str(reviews), LocalOptions(split_from="train", test_fraction=0.2))
 
 
-def test_unknown_task_names_the_local_forms_and_folders_without_splits_name_their_files(tmp_path: Path) -> None:
+def test_unknown_task_names_the_local_forms_and_folders_without_splits_name_their_files(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(StatpruneError, match=r"unknown task 'glue/sst3'.*did you mean 'glue/sst2'.*\.toml"):
         get_task("glue/sst3")
     with pytest.raises(StatpruneError, match="no such data file"):
@@ -239,7 +247,7 @@ name = "stat"
 options = {{ progress = false }}
 [[grid]]
 models = ["random:tiny-bert"]
-tasks = ["{tmp_path / 'reviews.toml'}"]
+tasks = ["{tmp_path / "reviews.toml"}"]
 sparsities = [0.3]
 calib_sizes = [8]
 finetune = {{ epochs = 1, max_length = 16, batch_size = 16 }}
@@ -261,7 +269,9 @@ settings = {{ eval_limit = 3, max_length = 32 }}
         assert r["status"] == "done", r.get("error", {}).get("message")
     clf, lm = records[str(tmp_path / "reviews.toml")], records[str(corpus)]
     assert clf["data"]["path"] == str((tmp_path / "reviews.toml").resolve())
-    assert clf["data"]["content_sha256"] == _sha(reviews / "train.csv", reviews / "test.csv", tmp_path / "reviews.toml")
+    assert clf["data"]["content_sha256"] == _sha(
+        reviews / "train.csv", reviews / "test.csv", tmp_path / "reviews.toml"
+    )
     assert clf["data"]["labels"] == {"-1": 0, "1": 1} and clf["examples_scored"] == 5
     assert lm["data"]["content_sha256"] == _sha(corpus / "train.txt", corpus / "test.txt")
     assert lm["examples_scored"] == 3 and lm["metrics"]["num_tokens"] == 3 * 31
