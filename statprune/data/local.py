@@ -11,7 +11,7 @@ Wherever a task name goes (``--task``, ``--calib-task``, a sweep spec's ``tasks`
   else: ``kind``, ``text_column``, ``text_pair_column``, ``label_column``, ``labels``, ``header``,
   ``metrics``, ``max_length``, ``split_from``/``dev_fraction``/``test_fraction``/``seed``.
 
-Rows are read through ``datasets``' csv/json/text/parquet builders (imported only here). Without a
+Rows are read through ``datasets``' csv/json/text/parquet builders (imported only when a file is read, :mod:`.local_files`). Without a
 label column the task is language modelling over the text column; with one it is classification
 (labels mapped to ids in sorted order — numeric order when every label is a number — over all splits,
 so every split and every command agrees) or regression when a label is a non-integral number.
@@ -23,18 +23,16 @@ otherwise asking for a missing split is an error naming the files found.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import functools
 import hashlib
-import itertools
 import logging
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from statprune.data.local_files import DATA_SUFFIXES, Column, Layout, detect, label_ids, label_key, read_file
 from statprune.data.tasks import SPLITS, LMTask, Row, Task, TextTask, hash_split
 from statprune.errors import StatpruneError
 
@@ -45,7 +43,6 @@ else:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv", ".parquet")
 TASK_FILE_SUFFIX = ".toml"
 SPLIT_STEMS = {
     "train": "train",
@@ -60,15 +57,8 @@ FORMS = (
     "a data file (.txt, .jsonl, .csv, .tsv, .parquet), a folder of train/dev/test files, "
     "or a task file (.toml); see the README section 'Your own data'"
 )
-TEXT_NAMES = ("text", "sentence", "sentence1", "review", "content", "document", "question", "question1",
-              "premise", "comment", "body", "tweet")  # fmt: skip
-PAIR_NAMES = ("text_pair", "sentence2", "hypothesis", "question2", "pair")
-LABEL_NAMES = ("label", "labels", "target", "class", "score", "y", "gold_label", "sentiment", "category",
-               "rating", "stars")  # fmt: skip
-ID_NAMES = ("id", "idx", "index", "guid", "uid")
 LM_WINDOW = 512
 CLASSIFICATION_MAX_LENGTH = 128
-Column = str | int
 
 
 @dataclass(frozen=True)
@@ -299,234 +289,6 @@ def _stamp(files: dict[str, list[Path]], task_file: Path | None) -> tuple[tuple[
     return tuple((p, Path(p).stat().st_mtime_ns, Path(p).stat().st_size) for p in paths)
 
 
-# ---- reading ----------------------------------------------------------------------------------------
-
-
-def _datasets() -> Any:
-    try:
-        import datasets
-    except ImportError:
-        raise StatpruneError(
-            "reading local data files needs the 'datasets' package: pip install datasets"
-        ) from None
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    return datasets
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int | float):
-        return True
-    try:
-        float(str(value).strip())
-    except ValueError:
-        return False
-    return bool(str(value).strip())
-
-
-def sniff_header(path: Path, delimiter: str, quoting: int) -> bool:
-    """Whether a csv/tsv file starts with a header row.
-
-    Yes when a first-row cell is a usual column name (``text``, ``label``, …), or when in some column
-    the first cell is not a number but the rest are, or the rest take few values that the first is
-    not one of (a label column under its name).
-    """
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = [r for r in itertools.islice(csv.reader(f, delimiter=delimiter, quoting=quoting), 500) if r]
-    if len(rows) < 2:
-        return False
-    names = {n.lower() for n in (*TEXT_NAMES, *PAIR_NAMES, *LABEL_NAMES, *ID_NAMES)}
-    first, rest = rows[0], rows[1:]
-    if any(c.strip().lower() in names for c in first):
-        return True
-    for j, cell in enumerate(first):
-        col = [r[j] for r in rest if j < len(r)]
-        if not col:
-            continue
-        if all(_is_number(v) for v in col) and not _is_number(cell):
-            return True
-        distinct = set(col)
-        if len(col) >= 4 and cell not in distinct and len(distinct) <= max(2, len(col) // 10):
-            return True
-    return False
-
-
-def read_file(path: Path, header: bool | None = None) -> tuple[list[Row], bool | None]:
-    """Rows of one data file through ``datasets``' builders, and whether a csv/tsv had a header.
-
-    Delimited files are read with every column as a string (labels are parsed later), blank lines
-    skipped and no ``NA`` guessing; text files give one row ``{"text": paragraph}`` per paragraph.
-    """
-    ds = _datasets()
-    common = {"split": "train", "data_files": [str(path)]}
-    try:
-        if path.suffix == ".txt":
-            data = ds.load_dataset("text", sample_by="paragraph", **common)
-        elif path.suffix in (".json", ".jsonl"):
-            data = ds.load_dataset("json", **common)
-        elif path.suffix == ".parquet":
-            data = ds.load_dataset("parquet", **common)
-        else:
-            sep = "\t" if path.suffix == ".tsv" else ","
-            quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL  # TSV quotes are text
-            if header is None:
-                header = sniff_header(path, sep, quoting)
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                first = next(csv.reader(f, delimiter=sep, quoting=quoting), [])
-            width = max((len(r) for r in _sample_rows(path, sep, quoting)), default=len(first))
-            names = [c.strip() for c in first] if header else [str(i) for i in range(width)]
-            if header and len(set(names)) != len(names):
-                raise StatpruneError(f"{path}: repeated column names in the header: {', '.join(names)}")
-            data = ds.load_dataset(
-                "csv",
-                sep=sep,
-                quoting=quoting,
-                header=0 if header else None,
-                column_names=None if header else names,
-                features=ds.Features({n: ds.Value("string") for n in names}),
-                na_filter=False,
-                encoding="utf-8-sig",
-                **common,
-            )
-            if header:
-                data = data.rename_columns(
-                    {old: new for old, new in zip(data.column_names, names) if old != new}
-                )
-    except StatpruneError:
-        raise
-    except Exception as e:  # datasets/pyarrow/pandas raise many types for malformed files
-        raise StatpruneError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-    return data.to_list(), header if path.suffix in (".csv", ".tsv") else None
-
-
-def _sample_rows(path: Path, sep: str, quoting: int) -> list[list[str]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(itertools.islice(csv.reader(f, delimiter=sep, quoting=quoting), 500))
-
-
-# ---- detection --------------------------------------------------------------------------------------
-
-
-def _text_like(values: list[Any]) -> bool:
-    """Strings that are not numbers, mostly with spaces or long: sentences, not codes or labels."""
-    vals = [v for v in values if v not in (None, "")]
-    if not vals or not all(isinstance(v, str) for v in vals):
-        return False
-    if sum(_is_number(v) for v in vals) > 0.1 * len(vals):
-        return False
-    spaced = sum(" " in v.strip() for v in vals) / len(vals)
-    return spaced >= 0.5 or sum(len(v) for v in vals) / len(vals) > 20
-
-
-def _pick(given: Column | None, columns: list[str], what: str, flag: str) -> str | None:
-    """The column a user named, by name or 0-based position; an error lists the columns."""
-    if given is None:
-        return None
-    if str(given) in columns:
-        return str(given)
-    if re.fullmatch(r"\d+", str(given)) and int(given) < len(columns):
-        return columns[int(given)]
-    raise StatpruneError(
-        f"{flag} {given!r}: no such {what} column; columns: {', '.join(columns)} (or their 0-based positions)"
-    )
-
-
-def _named(columns: list[str], names: tuple[str, ...], exclude: set[str]) -> str | None:
-    lower = {c.lower(): c for c in columns if c not in exclude}
-    return next((lower[n] for n in names if n in lower), None)
-
-
-@dataclass(frozen=True)
-class Layout:
-    kind: str
-    text: str
-    pair: str | None
-    label: str | None
-
-
-def detect(rows: list[Row], opts: LocalOptions) -> Layout:
-    """Kind and columns: the user's, else by name, else by content (first text-like column is the text,
-    the first other column that is not an id is the label; none → language modelling)."""
-    columns = list(dict.fromkeys(k for r in rows[:1000] for k in r))
-    sample = rows[:2000]
-    values = {c: [r.get(c) for r in sample] for c in columns}
-    text = _pick(opts.text_column, columns, "text", "--text-column")
-    pair = _pick(opts.text_pair_column, columns, "text pair", "--text-pair-column")
-    label = _pick(opts.label_column, columns, "label", "--label-column")
-    used = {c for c in (text, pair, label) if c}
-    if text is None:
-        text = _named(columns, TEXT_NAMES, used) or next(
-            (c for c in columns if c not in used and _text_like(values[c])), None
-        )
-        if text is None:
-            raise StatpruneError(
-                f"cannot tell which column holds the text; columns: {', '.join(columns)}; pass --text-column"
-            )
-        used.add(text)
-    if pair is None and opts.text_pair_column is None:
-        pair = _named(columns, PAIR_NAMES, used)
-        used |= {pair} if pair else set()
-    if label is None and opts.kind != "lm":
-        label = _named(columns, LABEL_NAMES, used) or next(
-            (c for c in columns if c not in used and _label_like(c, values[c])), None
-        )
-    kind = opts.kind
-    if kind is None:
-        if label is None:
-            kind = "lm"
-        else:
-            vals = [v for v in values[label] if v not in (None, "")]
-            fractional = any(_is_number(v) and not float(str(v)).is_integer() for v in vals)
-            kind = (
-                "regression" if vals and all(_is_number(v) for v in vals) and fractional else "classification"
-            )
-    if kind != "lm" and label is None:
-        raise StatpruneError(
-            f"a {kind} task needs a label column; columns: {', '.join(columns)}; pass --label-column"
-        )
-    return Layout(kind, text, pair if kind != "lm" else None, label if kind != "lm" else None)
-
-
-def _label_like(name: str, values: list[Any]) -> bool:
-    """Scalar values that are not an id (id-like name, or all distinct integers/strings of many rows)."""
-    vals = [v for v in values if v not in (None, "")]
-    if not vals or name.lower() in ID_NAMES or not all(isinstance(v, str | int | float | bool) for v in vals):
-        return False
-    fractional = all(_is_number(v) and not float(str(v)).is_integer() for v in vals)
-    return fractional or len(vals) < 20 or len(set(map(str, vals))) < len(vals)
-
-
-def label_key(value: Any) -> str:
-    """A label as text: ``1``, ``1.0`` and ``"1"`` are the same label."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    s = str(value).strip()
-    if re.fullmatch(r"-?\d+\.0*", s):
-        return s.split(".")[0]
-    return s
-
-
-def label_ids(values: list[Any], given: tuple[str, ...] | None) -> dict[str, int]:
-    """Label → id: the given order, else sorted (numerically when every label is a number)."""
-    keys = sorted({label_key(v) for v in values if v not in (None, "")})
-    if given is not None:
-        missing = [k for k in keys if k not in given]
-        if missing:
-            raise StatpruneError(
-                f"labels {', '.join(missing)} are not among the task's labels {', '.join(given)}"
-            )
-        return {name: i for i, name in enumerate(given)}
-    if all(_is_number(k) for k in keys):
-        keys.sort(key=float)
-    if len(keys) < 2:
-        raise StatpruneError(
-            f"the label column holds a single value ({', '.join(keys) or 'none'}); a classifier needs two or more"
-        )
-    return {k: i for i, k in enumerate(keys)}
-
-
 # ---- building the task ------------------------------------------------------------------------------
 
 
@@ -558,7 +320,9 @@ def _build(
     everything = [r for rows in raw.values() for r in rows]
     if not everything:
         raise StatpruneError(f"{spec}: the data files hold no rows")
-    layout = detect(everything, opts)
+    layout = detect(
+        everything, text=opts.text_column, pair=opts.text_pair_column, label=opts.label_column, kind=opts.kind
+    )
     ids = None
     if layout.kind == "classification":
         ids = label_ids([r.get(layout.label) for r in everything], opts.labels)

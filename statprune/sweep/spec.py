@@ -586,10 +586,19 @@ def short_model(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).lower()
 
 
+def short_task(task: str) -> str:
+    """A task as a name fragment: registered names as they are, local data by its file or folder stem."""
+    registry = _task_names()
+    if registry is None or task in registry:
+        return task
+    return Path(task.rstrip("/")).stem or task
+
+
 def _name(label: str, cfg: RunConfig, with_task: bool) -> str:
     parts = [label, short_model(cfg.model)]
     if with_task:
-        parts.append(cfg.task if cfg.calib_task == cfg.task else f"{cfg.task}.c-{cfg.calib_task}")
+        task, calib = short_task(cfg.task), short_task(cfg.calib_task)
+        parts.append(task if cfg.calib_task == cfg.task else f"{task}.c-{calib}")
     parts += [f"s{cfg.sparsity:.2f}", f"n{cfg.calib_size}", f"seed{cfg.seed}"]
     return "-".join(parts)
 

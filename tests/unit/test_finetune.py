@@ -156,9 +156,9 @@ def test_cli_finetune_prints_path_and_dev_accuracy(cache: Path, tmp_path: Path, 
 
 
 def test_cli_help_states_the_real_defaults() -> None:
-    from statprune.commands.finetune import _CONFIG_FLAGS
-
     import dataclasses
+
+    from statprune.commands.finetune import _CONFIG_FLAGS
 
     defaults = dataclasses.asdict(FinetuneConfig())
     assert set(_CONFIG_FLAGS) == set(defaults)

@@ -12,7 +12,8 @@ import pytest
 
 from statprune.cli import main
 from statprune.data import get_task
-from statprune.data.local import LocalOptions, local_task, sniff_header
+from statprune.data.local import LocalOptions, local_task
+from statprune.data.local_files import sniff_header
 from statprune.errors import StatpruneError
 
 GOOD, BAD = ["good", "great", "fine", "nice"], ["bad", "awful", "dull", "poor"]
@@ -268,6 +269,9 @@ settings = {{ eval_limit = 3, max_length = 32 }}
     for r in records.values():
         assert r["status"] == "done", r.get("error", {}).get("message")
     clf, lm = records[str(tmp_path / "reviews.toml")], records[str(corpus)]
+    assert clf["name"].startswith("stat-tiny-bert-reviews-") and lm["name"].startswith(
+        "stat-tiny-llama-corpus-"
+    )
     assert clf["data"]["path"] == str((tmp_path / "reviews.toml").resolve())
     assert clf["data"]["content_sha256"] == _sha(
         reviews / "train.csv", reviews / "test.csv", tmp_path / "reviews.toml"
