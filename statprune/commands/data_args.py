@@ -27,7 +27,8 @@ def add_data_arguments(p: argparse.ArgumentParser, *, task_flag: str = "--task")
         "or a task file (.toml); see the README section 'Your own data'",
     )
     for flag, (dest, typ, help_) in _FLAGS.items():
-        group.add_argument(flag, dest="data_" + dest, type=typ, default=None, help=help_)
+        metavar = {str: "COLUMN", float: "FRACTION", int: "SEED"}[typ] if dest != "split_from" else "SPLIT"
+        group.add_argument(flag, dest="data_" + dest, type=typ, default=None, metavar=metavar, help=help_)
 
 
 def add_random_head_argument(p: argparse.ArgumentParser) -> None:
