@@ -59,8 +59,9 @@ def load_model(
     random head: ``random_head`` says whether that is refused (a :class:`StatpruneError`), warned
     about, or expected (``allow``: fine-tuning trains it).
     """
-    head = (task, random_head)
     from statprune.assets import asset_path, model_aliases
+
+    head = (task, random_head)
 
     if spec.startswith("random:"):
         return build_random(spec.removeprefix("random:"), task=task, dtype=dtype, device=device)
@@ -235,8 +236,8 @@ def check_head(source: str, task: Task | None, missing: list[str], policy: Rando
     )
     if policy == "refuse":
         raise StatpruneError(
-            f"{msg}. Fine-tune it first (statprune finetune --model {source} --task {task.name}) and use "
-            "that checkpoint, or pass --allow-random-head"
+            f"{msg}. Fine-tune it first (statprune finetune --model {source} --task {task.name}, or a "
+            "[finetune] table in a sweep spec) and use that checkpoint, or pass --allow-random-head"
         )
     log.warning("statprune: warning: %s", msg)
 
