@@ -317,3 +317,7 @@ def test_random_head_is_refused_in_one_line_unless_allowed(
     assert main(prune) == 2 and not (tmp_path / "p" / "prune_report.json").exists()
     assert main([*args, "--allow-random-head", "--limit", "4"]) == 0
     assert main([*prune, "--allow-random-head"]) == 0
+    finetune = ["finetune", "--model", str(bare), "--task", str(reviews), "--epochs", "1", "--max-length", "16",
+                "--split-from", "train", "--dev-fraction", "0.2", "--out", str(tmp_path / "ft"), "--no-progress"]  # fmt: skip
+    assert main(finetune) == 0  # the normal path: fine-tuning trains the new head
+    assert main(["evaluate", "--model", str(tmp_path / "ft"), "--task", str(reviews), "--no-progress"]) == 0
