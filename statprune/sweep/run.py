@@ -235,6 +235,7 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
     timer = _Timer()
     task = get_task(cfg.task)
     calib_task = task if cfg.calib_task == cfg.task else get_task(cfg.calib_task)
+    eval_task = limited(task, cfg.eval_split, cfg.eval_limit)
     calib_task = limited(calib_task, cfg.calib_split, cfg.calib_limit)
 
     model_spec = cfg.model
@@ -250,12 +251,12 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
         return evaluate(
             model,
             tokenizer,
-            task,
+            eval_task,
             cfg.eval_split,
             batch_size=cfg.eval_batch_size,
             max_length=cfg.max_length,
             device=device,
-            limit=cfg.eval_limit,
+            limit=cfg.limit,
         )
 
     with timer("dense_eval"):
@@ -316,7 +317,7 @@ def flops_seq_len(cfg: RunConfig, task: Any) -> float:
 
 
 def limited(task: Any, split: str, n: int | None) -> Any:
-    """``task`` with only the first ``n`` rows of ``split`` (``calib_limit``)."""
+    """``task`` with only the first ``n`` rows of ``split`` (``calib_limit``/``eval_limit``)."""
     if n is None:
         return task
     from statprune.evaluation.evaluate import first_rows
@@ -353,13 +354,14 @@ def dense_metrics(
         "finetune": _thaw(cfg.finetune),
         "task": cfg.task,
         "split": cfg.eval_split,
-        # the limit counts examples or LM windows (it counted LM documents before): keys never mix the two
-        "limit": None if cfg.eval_limit is None else {"n": cfg.eval_limit, "of": "examples or windows"},
+        "limit": cfg.eval_limit,
         "max_length": cfg.max_length,
         "batch_size": cfg.eval_batch_size,
         "dtype": cfg.dtype,
         "statprune": __version__,  # a release may change data preparation: never reuse across versions
     }
+    if cfg.limit is not None:  # set only: the keys of earlier entries stay valid
+        key["examples"] = cfg.limit
     if data is not None:
         key["data"] = data
     h = _key_hash(key)

@@ -79,7 +79,8 @@ class Settings:
     dtype: str = "float32"
     device: str = "auto"  # auto = cuda when a GPU is visible to the job, else cpu
     calib_limit: int | None = None  # use only the first N rows of the calibration split (smoke tests)
-    eval_limit: int | None = None  # score only the first N examples of the evaluation split (LM: windows)
+    eval_limit: int | None = None  # use only the first N rows of the evaluation split (LM: documents)
+    limit: int | None = None  # score only the first N examples of the evaluation split (LM: windows)
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,17 @@ class RunConfig:
     finetune: Pairs | None = None
     calib_limit: int | None = None
     eval_limit: int | None = None
+    limit: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["method_options"] = _thaw(self.method_options) or {}
         d["finetune"] = _thaw(self.finetune)
-        for key in ("calib_limit", "eval_limit"):  # unset limits leave the hash of older configs alone
+        for key in (
+            "calib_limit",
+            "eval_limit",
+            "limit",
+        ):  # unset limits leave the hash of older configs alone
             if d[key] is None:
                 del d[key]
         return d
@@ -273,7 +279,7 @@ def _settings(where: str, raw: Mapping[str, Any], base: Settings) -> Settings:
         w = f"{where}.{key}"
         if key in ("seq_len", "max_length"):
             values[key] = None if v == "task" else _int(w, v, minimum=2)
-        elif key in ("calib_limit", "eval_limit"):
+        elif key in ("calib_limit", "eval_limit", "limit"):
             values[key] = None if v is None else _int(w, v, minimum=1)
         elif key in ("batch_size", "eval_batch_size"):
             values[key] = _int(w, v, minimum=1)
@@ -638,6 +644,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
                                     finetune=g.finetune,
                                     calib_limit=s.calib_limit,
                                     eval_limit=s.eval_limit,
+                                    limit=s.limit,
                                 )
                                 configs.append((m.label, cfg))
     with_task = len({(c.task, c.calib_task) for _, c in configs}) > 1

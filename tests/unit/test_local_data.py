@@ -252,13 +252,13 @@ tasks = ["{tmp_path / "reviews.toml"}"]
 sparsities = [0.3]
 calib_sizes = [8]
 finetune = {{ epochs = 1, max_length = 16, batch_size = 16 }}
-settings = {{ eval_limit = 5, max_length = 16 }}
+settings = {{ limit = 5, max_length = 16 }}
 [[grid]]
 models = ["random:tiny-llama"]
 tasks = ["{corpus}"]
 sparsities = [0.3]
 calib_sizes = [4]
-settings = {{ eval_limit = 3, max_length = 32 }}
+settings = {{ limit = 3, max_length = 32 }}
 """)
     spec = load_spec(spec_path)
     store = RunStore(tmp_path / "results", spec.study)
@@ -321,3 +321,17 @@ def test_random_head_is_refused_in_one_line_unless_allowed(
                 "--split-from", "train", "--dev-fraction", "0.2", "--out", str(tmp_path / "ft"), "--no-progress"]  # fmt: skip
     assert main(finetune) == 0  # the normal path: fine-tuning trains the new head
     assert main(["evaluate", "--model", str(tmp_path / "ft"), "--task", str(reviews), "--no-progress"]) == 0
+
+
+def test_sweep_limit_counts_examples_and_leaves_older_run_ids_alone() -> None:
+    from statprune.sweep.spec import parse_spec
+
+    def run(settings: dict) -> object:
+        raw = {"study": "x", "methods": ["magnitude"], "settings": settings, "grid": [{"models": ["random:tiny-bert"],
+               "tasks": ["movie-sentiment"], "sparsities": [0.3], "calib_sizes": [4]}]}  # fmt: skip
+        return parse_spec(raw).runs()[0]
+
+    plain, limited = run({}), run({"limit": 7})
+    assert "limit" not in plain.config.to_dict() and limited.config.limit == 7
+    assert plain.run_id != limited.run_id
+    assert run({"eval_limit": 7}).config.to_dict()["eval_limit"] == 7  # rows (LM: documents), as before
