@@ -451,3 +451,28 @@ def data_identity(task: Task) -> dict[str, Any] | None:
     if not isinstance(task, _Local):
         return None
     return {k: v for k, v in task.provenance().items() if k not in ("path", "files", "splits")}
+
+
+def label_names(task: Task) -> tuple[str, ...] | None:
+    """A local classification task's label names in id order (None for other tasks)."""
+    ids = task.info.get("labels") if isinstance(task, _Local) else None
+    return tuple(sorted(ids, key=ids.get)) if ids else None
+
+
+def check_label_names(config: Any, task: Task) -> None:
+    """A checkpoint trained with other label ids than the task's would be scored against wrong labels.
+
+    ``config.id2label`` names the labels a fine-tune was trained on (default ``LABEL_i`` names say nothing).
+    """
+    names = label_names(task)
+    saved = getattr(config, "id2label", None) or {}
+    saved = {int(k): str(v) for k, v in saved.items()}
+    if not names or not saved or all(v == f"LABEL_{k}" for k, v in saved.items()):
+        return
+    if [saved.get(i) for i in range(len(names))] != list(names):
+        theirs = ", ".join(f"{v}→{k}" for k, v in sorted(saved.items()))
+        ours = ", ".join(f"{n}→{i}" for i, n in enumerate(names))
+        raise StatpruneError(
+            f"the model was trained with labels {theirs}, but task {task.name!r} maps {ours}; give the task "
+            "the model's label order (task file: labels = [...])"
+        )

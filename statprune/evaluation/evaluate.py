@@ -116,7 +116,9 @@ def _predict_and_score(
     split: str,
 ) -> dict[str, float]:
     from statprune.data.collate import collate
+    from statprune.data.local import check_label_names
 
+    check_label_names(getattr(model, "config", None), task)
     expected = 1 if task.kind == "regression" else task.num_labels
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     outputs = np.empty((len(examples), expected), dtype=np.float64)

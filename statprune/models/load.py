@@ -135,6 +135,12 @@ def configure_head(config: PretrainedConfig, task: Task | None) -> None:
         return
     config.num_labels = task.num_labels
     config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
+    from statprune.data.local import label_names
+
+    names = label_names(task)
+    if names and all(v == f"LABEL_{k}" for k, v in config.id2label.items()):  # a new head: name its labels
+        config.id2label = dict(enumerate(names))
+        config.label2id = {n: i for i, n in enumerate(names)}
 
 
 def _fix_pad(model: PreTrainedModel, tokenizer: Any, task: Task | None) -> None:

@@ -187,7 +187,9 @@ def test_limit_scores_exactly_n_examples_and_n_windows(reviews: Path, corpus: Pa
 # ---- the CLI path ---------------------------------------------------------------------------------
 
 
-def test_csv_through_finetune_prune_evaluate_from_the_cli(reviews: Path, tmp_path: Path) -> None:
+def test_csv_through_finetune_prune_evaluate_from_the_cli(
+    reviews: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = ["--split-from", "train", "--dev-fraction", "0.2"]
     ft, pruned, out = tmp_path / "ft", tmp_path / "pruned", tmp_path / "eval.json"
     assert main(["finetune", "--model", "random:tiny-bert", "--task", str(reviews), "--epochs", "1",
@@ -205,6 +207,13 @@ def test_csv_through_finetune_prune_evaluate_from_the_cli(reviews: Path, tmp_pat
     assert record["limit"] == 6 and record["examples_scored"] == 6 and record["metrics"]["num_examples"] == 6
     assert record["data"]["path"] == str(reviews.resolve())
     assert record["data"]["content_sha256"] == report["data"]["content_sha256"]
+    assert json.loads((ft / "config.json").read_text())["id2label"] == {"0": "-1", "1": "1"}
+    # the same data with the label ids swapped would score the model against wrong labels: refused
+    (tmp_path / "swapped.toml").write_text(f'data = "{reviews}"\nlabels = ["1", "-1"]\n')
+    capsys.readouterr()
+    swapped = ["evaluate", "--model", str(pruned), "--task", str(tmp_path / "swapped.toml"), "--no-progress"]
+    assert main(swapped) == 2
+    assert "trained with labels -1→0, 1→1, but task" in capsys.readouterr().err
 
 
 def test_corpus_through_prune_and_evaluate_from_the_cli(corpus: Path, tmp_path: Path) -> None:
