@@ -344,3 +344,15 @@ def test_sweep_limit_counts_examples_and_leaves_older_run_ids_alone() -> None:
     assert "limit" not in plain.config.to_dict() and limited.config.limit == 7
     assert plain.run_id != limited.run_id
     assert run({"eval_limit": 7}).config.to_dict()["eval_limit"] == 7  # rows (LM: documents), as before
+
+
+def test_datasets_is_imported_only_when_local_data_is_read() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from statprune.cli import build_parser; build_parser(); "
+        "from statprune.data import get_task; get_task('movie-sentiment'); "
+        "import statprune.data.local; assert 'datasets' not in sys.modules"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
