@@ -46,11 +46,11 @@ def configure_task(args: argparse.Namespace, spec: str) -> None:
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return
-    from statprune.data.local import LocalOptions, configure, is_local_spec
+    from statprune.data.local import configure, is_local_spec
     from statprune.data.tasks import TASKS
     from statprune.errors import StatpruneError
 
     if spec in TASKS or not is_local_spec(spec):
         flags = ", ".join(f for f, (d, *_) in _FLAGS.items() if d in given)
         raise StatpruneError(f"{flags} apply to local data files; {spec!r} is not one")
-    configure(spec, LocalOptions(**given))
+    configure(spec, given)

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,9 +161,10 @@ def is_local_spec(spec: str) -> bool:
     return p.suffix in (*DATA_SUFFIXES, TASK_FILE_SUFFIX) or p.exists()
 
 
-def local_task(spec: str, options: LocalOptions | None = None) -> Task:
-    """The task over the data ``spec`` names, read with ``options`` (a task file's own, by default).
+def local_task(spec: str, options: LocalOptions | Mapping[str, Any] | None = None) -> Task:
+    """The task over the data ``spec`` names, read with ``options`` over a task file's own.
 
+    ``options`` as a mapping gives only some fields (checked once merged with the task file's).
     Tasks built with options by :func:`configure` are returned for the same ``spec`` afterwards.
     """
     if options is None and spec in _CONFIGURED:
@@ -171,12 +173,16 @@ def local_task(spec: str, options: LocalOptions | None = None) -> Task:
     if not path.exists():
         raise StatpruneError(f"no such data file or folder: {spec} (a task is a registered name or {FORMS})")
     root, files, file_options, task_file = _resolve(path)
-    given = {k: v for k, v in dataclasses.asdict(options or LocalOptions()).items() if v != _DEFAULTS[k]}
-    opts = dataclasses.replace(file_options, **given)
+    if isinstance(options, LocalOptions):
+        options = {k: v for k, v in dataclasses.asdict(options).items() if v != _DEFAULTS[k]}
+    try:
+        opts = LocalOptions(**{**file_options, **(options or {})})
+    except (TypeError, StatpruneError) as e:
+        raise StatpruneError(f"{task_file or spec}: {e}") from None
     return _build(spec, root, _files_key(files), opts, task_file, _stamp(files, task_file))
 
 
-def configure(spec: str, options: LocalOptions) -> Task:
+def configure(spec: str, options: LocalOptions | Mapping[str, Any]) -> Task:
     """Build ``spec`` with ``options`` and make later ``get_task(spec)`` calls in this process return it.
 
     This is how CLI flags (``--label-column``) reach the library code that looks tasks up by name.
@@ -189,11 +195,11 @@ def configure(spec: str, options: LocalOptions) -> Task:
 _DEFAULTS = dataclasses.asdict(LocalOptions())
 
 
-def _resolve(path: Path) -> tuple[Path, dict[str, list[Path]], LocalOptions, Path | None]:
+def _resolve(path: Path) -> tuple[Path, dict[str, list[Path]], dict[str, Any], Path | None]:
     """(data root, split → files, options of the task file, task file) of a path."""
     if path.is_file() and path.suffix == TASK_FILE_SUFFIX:
         return _read_task_file(path)
-    return path.resolve(), discover(path), LocalOptions(), None
+    return path.resolve(), discover(path), {}, None
 
 
 def discover(path: Path) -> dict[str, list[Path]]:
@@ -236,7 +242,7 @@ def _check_suffix(path: Path) -> None:
 TASK_FILE_KEYS = {"data", "splits", *(f.name for f in dataclasses.fields(LocalOptions))}
 
 
-def _read_task_file(path: Path) -> tuple[Path, dict[str, list[Path]], LocalOptions, Path]:
+def _read_task_file(path: Path) -> tuple[Path, dict[str, list[Path]], dict[str, Any], Path]:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -270,13 +276,7 @@ def _read_task_file(path: Path) -> tuple[Path, dict[str, list[Path]], LocalOptio
     for key in ("labels", "metrics"):
         if key in values:
             values[key] = tuple(str(x) for x in values[key])
-    try:
-        options = LocalOptions(**values)
-    except TypeError as e:
-        raise StatpruneError(f"{path}: {e}") from None
-    except StatpruneError as e:
-        raise StatpruneError(f"{path}: {e}") from None
-    return root, files, options, path.resolve()
+    return root, files, values, path.resolve()
 
 
 def _files_key(files: dict[str, list[Path]]) -> tuple[tuple[str, tuple[str, ...]], ...]:

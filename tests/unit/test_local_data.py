@@ -131,6 +131,9 @@ def test_task_file_names_splits_columns_and_label_order(tmp_path: Path) -> None:
     assert task.provenance()["labels"] == {"1": 0, "-1": 1}  # the file's order, not sorted
     assert task.examples("validation")[0]["label"] == 0
     assert task.provenance()["content_sha256"] == _sha(tmp_path / "a.csv", tmp_path / "b.csv", spec)
+    # flags add to the task file's settings, checked together
+    spec.write_text(spec.read_text().replace("[splits]", 'split_from = "train"\n[splits]'))
+    assert local_task(str(spec), {"test_fraction": 0.25}).splits == ("train", "dev", "test")
 
 
 def test_missing_split_is_an_error_naming_the_files_unless_created_from_a_seed(reviews: Path) -> None:
