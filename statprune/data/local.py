@@ -329,11 +329,12 @@ def _build(
     rows = {split: [_row(r, layout, ids, spec) for r in raw_rows] for split, raw_rows in raw.items()}
     created = _carve(rows, opts, spec) if opts.split_from else None
     order = tuple(s for s in SPLITS if s in rows)
+    digests = {p: _sha256(p) for p, _, _ in stamp}  # sorted by path
     info = {
         "source": "local",
         "path": str(task_file or root),
-        "content_sha256": hashlib.sha256("".join(_sha256(p) for p, _, _ in stamp).encode()).hexdigest(),
-        "files": {p: _sha256(p) for p, _, _ in stamp},
+        "content_sha256": hashlib.sha256("".join(digests.values()).encode()).hexdigest(),
+        "files": digests,
         "splits": {s: [_shown(p, root) for p in dict(files)[s]] for s in dict(files)},
         "kind": layout.kind,
         "columns": {"text": layout.text, "text_pair": layout.pair, "label": layout.label},

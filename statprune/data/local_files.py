@@ -56,8 +56,10 @@ def sniff_header(path: Path, delimiter: str, quoting: int) -> bool:
     the first cell is not a number but the rest are, or the rest take few values that the first is
     not one of (a label column under its name).
     """
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = [r for r in itertools.islice(csv.reader(f, delimiter=delimiter, quoting=quoting), 500) if r]
+    return _has_header(_sample_rows(path, delimiter, quoting))
+
+
+def _has_header(rows: list[list[str]]) -> bool:
     if len(rows) < 2:
         return False
     names = {n.lower() for n in (*TEXT_NAMES, *PAIR_NAMES, *LABEL_NAMES, *ID_NAMES)}
@@ -94,13 +96,12 @@ def read_file(path: Path, header: bool | None = None) -> tuple[list[Row], bool |
         else:
             sep = "\t" if path.suffix == ".tsv" else ","
             quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL  # TSV quotes are text
+            sample = _sample_rows(path, sep, quoting)
             if header is None:
-                header = sniff_header(path, sep, quoting)
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                first = next(csv.reader(f, delimiter=sep, quoting=quoting), [])
-            width = max((len(r) for r in _sample_rows(path, sep, quoting)), default=len(first))
-            names = [c.strip() for c in first] if header else [str(i) for i in range(width)]
-            if header and len(set(names)) != len(names):
+                header = _has_header(sample)
+            width = max((len(r) for r in sample), default=0)
+            names = sample[0] if header and sample else [str(i) for i in range(width)]
+            if header and len({n.strip() for n in names}) != len(names):
                 raise StatpruneError(f"{path}: repeated column names in the header: {', '.join(names)}")
             data = ds.load_dataset(
                 "csv",
@@ -114,9 +115,7 @@ def read_file(path: Path, header: bool | None = None) -> tuple[list[Row], bool |
                 **common,
             )
             if header:
-                data = data.rename_columns(
-                    {old: new for old, new in zip(data.column_names, names) if old != new}
-                )
+                data = data.rename_columns({n: n.strip() for n in names if n != n.strip()})
     except StatpruneError:
         raise
     except Exception as e:  # datasets/pyarrow/pandas raise many types for malformed files
@@ -125,8 +124,9 @@ def read_file(path: Path, header: bool | None = None) -> tuple[list[Row], bool |
 
 
 def _sample_rows(path: Path, sep: str, quoting: int) -> list[list[str]]:
+    """The first 500 non-blank rows (pandas skips blank lines too)."""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(itertools.islice(csv.reader(f, delimiter=sep, quoting=quoting), 500))
+        return [r for r in itertools.islice(csv.reader(f, delimiter=sep, quoting=quoting), 500) if r]
 
 
 # ---- detection --------------------------------------------------------------------------------------
