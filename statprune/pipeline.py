@@ -14,7 +14,6 @@ the other tasks (examples are truncated there); else the task's ``flops_seq_len`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +68,7 @@ class PruneJob:
     seq_len: float | None = None  # FLOPs-model sequence length override; None = flops_seq_len()
     task: str | None = None
     calib_limit: int | None = None  # only the first N rows of the calibration split (smoke tests)
+    random_head: str = "refuse"  # a task head the checkpoint lacks: refuse | warn | allow (load_model)
 
     def validate(self) -> None:
         """Check everything that needs no model or data; raise :class:`StatpruneError` naming the field."""
@@ -118,24 +118,13 @@ def flops_seq_len(task: Any, max_length: int | None, override: float | None = No
     return float(min(task.flops_seq_len, max_length))
 
 
-@dataclass(frozen=True)
-class _Head:
-    """A loader that keeps the first ``n`` rows of one split (picklable, unlike a lambda)."""
-
-    loader: Any
-    split: str
-    n: int
-
-    def __call__(self, split: str) -> list[dict[str, Any]]:
-        rows = self.loader(split)
-        return rows[: self.n] if split == self.split else rows
-
-
 def limited(task: Any, split: str, n: int | None) -> Any:
     """``task`` with only the first ``n`` rows of ``split`` (``calib_limit``/``eval_limit``)."""
     if n is None:
         return task
-    return dataclasses.replace(task, loader=_Head(task.loader, task.canonical_split(split), n))
+    from statprune.evaluation.evaluate import first_rows
+
+    return first_rows(task, task.canonical_split(split), n)
 
 
 def calibration_for(
@@ -209,7 +198,11 @@ def run_prune(
             load_on = torch.device("cpu") if stream else device
             say(f"load {job.model} ({job.dtype}, {load_on})")
             model, tokenizer = load_model(
-                job.model, task=task, dtype=resolve_dtype(job.dtype), device=str(load_on)
+                job.model,
+                task=task,
+                dtype=resolve_dtype(job.dtype),
+                device=str(load_on),
+                random_head=job.random_head,  # type: ignore[arg-type]
             )
     data: dict[str, Any] = {}
     if calib is None:

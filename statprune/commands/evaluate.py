@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from statprune.commands.data_args import add_data_arguments, add_random_head_argument, configure_task
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from statprune.commands.prune import HelpFormatter
@@ -32,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--json", default=None, metavar="OUT", help="also write the result record here (atomically)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score only the first N examples of the split (LM tasks: the first N windows); default: all",
+    )
+    add_random_head_argument(p)
+    add_data_arguments(p)
     p.set_defaults(func=_run)
 
 
@@ -48,6 +59,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise StatpruneError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise StatpruneError(f"--limit must be ≥ 1, got {args.limit}")
+    configure_task(args, args.task)
     task = get_task(args.task)
     split = task.canonical_split(args.split)  # bad input fails before the model loads
     if task.kind not in SUPPORTED_KINDS:
@@ -56,7 +70,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, task=task, dtype=dtype, device=str(device))
+    model, tokenizer = load_model(
+        args.model,
+        task=task,
+        dtype=dtype,
+        device=str(device),
+        random_head="warn" if args.allow_random_head else "refuse",
+    )
     t1 = time.perf_counter()
     metrics = evaluate(
         model,
@@ -66,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         progress=not args.no_progress,
+        limit=args.limit,
     )
     eval_seconds = time.perf_counter() - t1
     print(format_table(args.model, task.name, split, metrics, eval_seconds))
@@ -75,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
             "task": task.name,
             "split": split,
             "metrics": metrics,
+            "limit": args.limit,
+            "examples_scored": int(metrics["num_examples"]),
             "config": {
                 "batch_size": args.batch_size,
                 "max_length": args.max_length if args.max_length is not None else task.max_length,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from statprune.commands.data_args import add_data_arguments, configure_task
+
 # FinetuneConfig field → (type, help); unset flags keep FinetuneConfig's defaults (not imported here:
 # statprune.models pulls in torch, and building the CLI parser must stay fast)
 _CONFIG_FLAGS = {
@@ -16,6 +18,7 @@ _CONFIG_FLAGS = {
     "weight_decay": (float, "AdamW weight decay on matrices (default 0.01)"),
     "seed": (int, "seed of the head init and data order (default 0)"),
     "dtype": (str, "float32 | bfloat16 | float16 (default float32)"),
+    "eval_limit": (int, "score only the first N dev examples after each epoch (default: all)"),
 }
 
 
@@ -34,15 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="a classification or regression task")
     p.add_argument("--out", default=None, help="checkpoint folder (None: the cache, by key hash)")
     for name, (typ, help_) in _CONFIG_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
+        flags = ["--" + name.replace("_", "-")] + (["--limit"] if name == "eval_limit" else [])
+        p.add_argument(*flags, dest=name, type=typ, default=None, help=help_)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when visible)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_data_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from statprune.models.finetune import FinetuneConfig, finetune, read_report
 
+    configure_task(args, args.task)
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
     config = FinetuneConfig(**given)
     path = finetune(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from statprune.commands.data_args import add_data_arguments, add_random_head_argument, configure_task
 from statprune.errors import StatpruneError
 
 
@@ -78,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="checkpoint folder (new, or an existing statprune checkpoint)"
     )
+    add_random_head_argument(p)
+    add_data_arguments(p, task_flag="--calib-task")
     p.set_defaults(func=_run)
 
 
@@ -85,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     from statprune.models.checkpoint import REPORT_NAME, check_output_dir, save_pruned
     from statprune.pipeline import PruneJob, run_prune
     from statprune.provenance import provenance
+
+    configure_task(args, args.calib_task)
 
     job = PruneJob(
         model=args.model,
@@ -100,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         seq_len=args.seq_len,
+        random_head="warn" if args.allow_random_head else "refuse",
     )
     job.validate()
     check_output_dir(args.out)

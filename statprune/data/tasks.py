@@ -179,7 +179,15 @@ TASKS: Registry[Task] = Registry("task")
 
 
 def get_task(name: str) -> Task:
-    """Look a task up by name (unknown names list the registered ones with a did-you-mean)."""
-    import statprune.data  # noqa: F401  (registers the built-in tasks)
+    """A registered task by name, else local data at that path (:mod:`statprune.data.local`).
 
-    return TASKS.get(name)
+    Unknown names list the registered ones with a did-you-mean, and the local forms.
+    """
+    import statprune.data  # noqa: F401  (registers the built-in tasks)
+    from statprune.data.local import FORMS, is_local_spec, local_task
+
+    if name in TASKS:
+        return TASKS.get(name)
+    if is_local_spec(name):
+        return local_task(name)
+    raise StatpruneError(f"{TASKS.unknown_message(name)}; or {FORMS}")

@@ -13,6 +13,8 @@ Extractive QA (start/end logits, span post-processing) is delegated to :mod:`.sq
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,8 +47,12 @@ def evaluate(
     max_length: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    limit: int | None = None,
 ) -> dict[str, float]:
     """Score ``model`` on ``split`` of ``task``; returns metrics plus ``num_examples`` and ``num_tokens``.
+
+    ``limit`` scores only the first N examples of the split, or for language modelling the first N
+    windows (``num_examples`` is then at most N).
 
     ``max_length`` is the truncation length (classification/regression) or the window length (LM;
     reported as ``window``); ``None`` takes the task's default. ``device=None`` evaluates where the
@@ -63,6 +69,10 @@ def evaluate(
         )
     if batch_size < 1:
         raise StatpruneError(f"batch_size must be ≥ 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise StatpruneError(f"limit must be ≥ 1, got {limit}")
+    if limit is not None and task.kind != "lm":  # rows = examples: skip tokenizing the rest
+        task = first_rows(task, task.canonical_split(split), limit)
     length = int(max_length if max_length is not None else task.max_length)
     if length < 2:
         raise StatpruneError(f"max_length must be ≥ 2, got {length}")
@@ -78,7 +88,7 @@ def evaluate(
         return evaluate_qa(
             model, tokenizer, task, split, batch_size=batch_size, max_length=length, progress=progress
         )
-    examples = task.encode(tokenizer, split, length)
+    examples = task.encode(tokenizer, split, length)[:limit]
     if not examples:
         raise StatpruneError(f"split {split!r} of task {task.name!r} has no examples")
     pad_id = pad_token_id(tokenizer)
@@ -107,7 +117,9 @@ def _predict_and_score(
     split: str,
 ) -> dict[str, float]:
     from statprune.data.collate import collate
+    from statprune.data.local import check_label_names
 
+    check_label_names(getattr(model, "config", None), task)
     expected = 1 if task.kind == "regression" else task.num_labels
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     outputs = np.empty((len(examples), expected), dtype=np.float64)
@@ -173,6 +185,24 @@ def _perplexity(
         "num_tokens": float(scored),
         "window": float(window),
     }
+
+
+@dataclass(frozen=True)
+class _Head:
+    """A loader that keeps the first ``n`` rows of one split (picklable, unlike a lambda)."""
+
+    loader: Any
+    split: str
+    n: int
+
+    def __call__(self, split: str) -> list[dict[str, Any]]:
+        rows = self.loader(split)
+        return rows[: self.n] if split == self.split else rows
+
+
+def first_rows(task: Task, split: str, n: int) -> Task:
+    """``task`` with only the first ``n`` rows of its canonical ``split``."""
+    return dataclasses.replace(task, loader=_Head(task.loader, split, n))
 
 
 def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], dev: torch.device) -> torch.Tensor:

@@ -56,6 +56,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     seed: int = 0
     dtype: str = "float32"
+    eval_limit: int | None = None  # score only the first N dev examples after each epoch
 
     def __post_init__(self) -> None:
         checks = {
@@ -65,6 +66,7 @@ class FinetuneConfig:
             "max_length must be ≥ 2": self.max_length >= 2,
             "warmup_ratio must be in [0, 1]": 0 <= self.warmup_ratio <= 1,
             "weight_decay must be ≥ 0": self.weight_decay >= 0,
+            "eval_limit must be ≥ 1": self.eval_limit is None or self.eval_limit >= 1,
         }
         bad = [msg for msg, ok in checks.items() if not ok]
         if self.dtype not in DTYPES:
@@ -73,17 +75,22 @@ class FinetuneConfig:
             raise StatpruneError(f"invalid fine-tune config {self}: {'; '.join(bad)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["eval_limit"] is None:  # unset, it leaves the keys of earlier fine-tunes alone
+            del d["eval_limit"]
+        return d
 
 
 def finetune_key(model_spec: str, task_name: str, config: FinetuneConfig) -> str:
     """Stable id of a fine-tune: a hash of (model spec, task, data, config, statprune version).
 
     The data enter as the task's ``content_sha256`` (see :meth:`statprune.data.Task.provenance`), so
-    editing the files a task reads (e.g. a ``$STATPRUNE_DATA_*`` folder) trains a new model.
+    editing the files a task reads (e.g. a ``$STATPRUNE_DATA_*`` folder) trains a new model; local
+    data also add their columns and label ids.
     """
     from statprune import __version__
     from statprune.data import get_task
+    from statprune.data.local import data_identity
 
     payload = {
         "model": _normalize_spec(model_spec),
@@ -92,6 +99,9 @@ def finetune_key(model_spec: str, task_name: str, config: FinetuneConfig) -> str
         "config": config.to_dict(),
         "statprune": __version__,
     }
+    data = data_identity(get_task(task_name))
+    if data is not None:
+        payload["data"] = data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -203,7 +213,9 @@ def _train(
     dev = resolve_device(None if device is None else str(device))
     gen = seed_everything(config.seed)  # before loading: the new classification head is random
     with _transformers_bars(progress):
-        model, tokenizer = load_model(model_spec, task=task, dtype=DTYPES[config.dtype], device=str(dev))
+        model, tokenizer = load_model(
+            model_spec, task=task, dtype=DTYPES[config.dtype], device=str(dev), random_head="allow"
+        )
     train = task.encode(tokenizer, "train", config.max_length)
     if not train:
         raise StatpruneError(f"task {task.name!r} has no training examples")
@@ -242,7 +254,7 @@ def _train(
         train_seconds = time.perf_counter() - t0
         dev_metrics = evaluate(
             model, tokenizer, task, "dev", batch_size=2 * config.batch_size, max_length=config.max_length,
-            progress=progress,
+            progress=progress, limit=config.eval_limit,
         )  # fmt: skip
         score = dev_metrics[primary]
         epochs.append(

@@ -20,13 +20,17 @@ A model type without an adapter is refused (one line) before any weight is read.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import logging
 import os
 import re
 import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
 
     from statprune.data.tasks import Task
 
+log = logging.getLogger(__name__)
+RandomHead = Literal["refuse", "warn", "allow"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PRUNED_KEY = "statprune_shapes"
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -45,30 +51,42 @@ GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}  # GGUF architecture names that dif
 
 
 def load_model(
-    spec: str, *, task: Task | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    spec: str,
+    *,
+    task: Task | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    random_head: RandomHead = "warn",
 ) -> tuple[PreTrainedModel, Any]:
-    """Model (in eval mode, on ``device``) and tokenizer for ``spec``; see the module doc for the forms."""
+    """Model (in eval mode, on ``device``) and tokenizer for ``spec``; see the module doc for the forms.
+
+    A checkpoint without weights for the task's head (a base model on a classification task) gets a
+    random head: ``random_head`` says whether that is refused (a :class:`StatpruneError`), warned
+    about, or expected (``allow``: fine-tuning trains it).
+    """
     from statprune.assets import asset_path, model_aliases
+
+    head = (task, random_head)
 
     if spec.startswith("random:"):
         return build_random(spec.removeprefix("random:"), task=task, dtype=dtype, device=device)
     if spec in model_aliases():
-        return _load_local(asset_path(spec), task, dtype, device)
+        return _load_local(asset_path(spec), head, dtype, device)
     path = Path(spec).expanduser()
     if path.is_dir():
         if PRUNED_KEY in _read_config(path):
             from statprune.models.checkpoint import load_pruned
 
             return load_pruned(path, dtype=dtype, device=device)
-        return _load_local(path, task, dtype, device)
+        return _load_local(path, head, dtype, device)
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return _load_local(gguf_checkpoint(path), task, dtype, device)
+        return _load_local(gguf_checkpoint(path), head, dtype, device)
     if path.exists():
         raise StatpruneError(
             f"{spec!r} is a file; pass the model's directory (the one with config.json) or a .gguf file"
         )
     if HUB_ID.match(spec):
-        return _load_hub(spec, task, dtype, device)
+        return _load_hub(spec, head, dtype, device)
     close = difflib.get_close_matches(spec, model_aliases(), n=1)
     raise StatpruneError(
         f"unknown model {spec!r}: not a model alias ({', '.join(model_aliases())}), an existing directory, "
@@ -126,6 +144,12 @@ def configure_head(config: PretrainedConfig, task: Task | None) -> None:
         return
     config.num_labels = task.num_labels
     config.problem_type = "regression" if task.kind == "regression" else "single_label_classification"
+    from statprune.data.local import label_names
+
+    names = label_names(task)
+    if names and all(v == f"LABEL_{k}" for k, v in config.id2label.items()):  # a new head: name its labels
+        config.id2label = dict(enumerate(names))
+        config.label2id = {n: i for i, n in enumerate(names)}
 
 
 def _fix_pad(model: PreTrainedModel, tokenizer: Any, task: Task | None) -> None:
@@ -163,12 +187,13 @@ def attention_implementation(cls: Any, config: PretrainedConfig) -> str:
 
 
 def _load_pretrained(
-    source: str, task: Task | None, dtype: torch.dtype, device: str, **hub: Any
+    source: str, head: tuple[Task | None, RandomHead], dtype: torch.dtype, device: str, **hub: Any
 ) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from statprune.adapters import check_supported
 
+    task, random_head = head
     try:
         config = AutoConfig.from_pretrained(source, **hub)
     except (ValueError, KeyError) as e:  # a model type transformers does not know
@@ -176,29 +201,38 @@ def _load_pretrained(
     check_supported(config.model_type)
     configure_head(config, task)
     cls = model_class(config, task)
-    attn = attention_implementation(cls, config)
-    model = cls.from_pretrained(source, config=config, dtype=dtype, attn_implementation=attn, **hub)
+    kw = {"config": config, "dtype": dtype, "output_loading_info": True, **hub}
+    with _quiet_load_report(task):
+        model, info = cls.from_pretrained(
+            source, attn_implementation=attention_implementation(cls, config), **kw
+        )
+    missing = sorted(info.get("missing_keys") or ())
+    if task is not None and task.kind in HEAD_KINDS and missing:
+        _RANDOM_HEADS[model] = missing
+    check_head(source, task, missing, random_head)
     tokenizer = AutoTokenizer.from_pretrained(source, **hub)
     _fix_pad(model, tokenizer, task)
     return model.to(device).eval(), tokenizer
 
 
 def _load_local(
-    path: Path, task: Task | None, dtype: torch.dtype, device: str
+    path: Path, head: tuple[Task | None, RandomHead], dtype: torch.dtype, device: str
 ) -> tuple[PreTrainedModel, Any]:
     _read_config(path)
     try:
-        return _load_pretrained(str(path), task, dtype, device, local_files_only=True)
+        return _load_pretrained(str(path), head, dtype, device, local_files_only=True)
     except OSError as e:
         raise StatpruneError(f"cannot load the model in {path}: {e}") from None
 
 
-def _load_hub(hub_id: str, task: Task | None, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, Any]:
+def _load_hub(
+    hub_id: str, head: tuple[Task | None, RandomHead], dtype: torch.dtype, device: str
+) -> tuple[PreTrainedModel, Any]:
     offline = hub_offline()
     if not offline and not hub_reachable():
         offline = True
     try:
-        return _load_pretrained(hub_id, task, dtype, device, local_files_only=offline)
+        return _load_pretrained(hub_id, head, dtype, device, local_files_only=offline)
     except OSError as e:
         if offline:
             raise StatpruneError(
@@ -268,6 +302,47 @@ def _check_gguf_architecture(path: Path) -> None:
     except (KeyError, ValueError, IndexError) as e:
         raise StatpruneError(f"{path} is not a readable GGUF model file ({_first_line(e)})") from None
     check_supported(GGUF_MODEL_TYPES.get(arch, arch))
+
+
+HEAD_KINDS = ("classification", "regression", "qa")
+_RANDOM_HEADS: weakref.WeakKeyDictionary[torch.nn.Module, list[str]] = weakref.WeakKeyDictionary()
+
+
+def random_head_keys(model: torch.nn.Module) -> list[str]:
+    """The head weights that :func:`load_model` had to initialise randomly for this model (usually none)."""
+    return list(_RANDOM_HEADS.get(model, ()))
+
+
+def check_head(source: str, task: Task | None, missing: list[str], policy: RandomHead) -> None:
+    """A task head that the checkpoint lacks was just randomly initialised: scores would be chance."""
+    if task is None or task.kind not in HEAD_KINDS or not missing or policy == "allow":
+        return
+    msg = (
+        f"{source} has no weights for the {task.kind} head of task {task.name!r} ({', '.join(missing)}): "
+        "it would be randomly initialised and score at chance"
+    )
+    if policy == "refuse":
+        raise StatpruneError(
+            f"{msg}. Fine-tune it first (statprune finetune --model {source} --task {task.name}, or a "
+            "[finetune] table in a sweep spec) and use that checkpoint, or pass --allow-random-head"
+        )
+    log.warning("statprune: warning: %s", msg)
+
+
+@contextlib.contextmanager
+def _quiet_load_report(task: Task | None) -> Iterator[None]:
+    """transformers' multi-line report of missing head weights; :func:`check_head` says it in one line."""
+    if task is None or task.kind not in HEAD_KINDS:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def hub_offline() -> bool:

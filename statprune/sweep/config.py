@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from statprune.pipeline import DEFAULT_BATCH_SIZE, PruneJob
@@ -66,6 +67,7 @@ class Settings:
     device: str = "auto"  # auto = cuda when a GPU is visible to the job, else cpu
     calib_limit: int | None = None  # use only the first N rows of the calibration split (smoke tests)
     eval_limit: int | None = None  # use only the first N rows of the evaluation split (LM: documents)
+    limit: int | None = None  # score only the first N examples of the evaluation split (LM: windows)
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,17 @@ class RunConfig:
     finetune: Pairs | None = None
     calib_limit: int | None = None
     eval_limit: int | None = None
+    limit: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["method_options"] = thaw(self.method_options) or {}
         d["finetune"] = thaw(self.finetune)
-        for key in ("calib_limit", "eval_limit"):  # unset limits leave the hash of older configs alone
+        for key in (
+            "calib_limit",
+            "eval_limit",
+            "limit",
+        ):  # unset limits leave the hash of older configs alone
             if d[key] is None:
                 del d[key]
         return d
@@ -207,10 +214,20 @@ def short_model(model: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).lower()
 
 
+def short_task(task: str) -> str:
+    """A task as a name fragment: registered names as they are, local data by its file or folder stem."""
+    from statprune.data import TASKS
+
+    if task in TASKS:
+        return task
+    return Path(task.rstrip("/")).stem or task
+
+
 def _name(label: str, cfg: RunConfig, with_task: bool) -> str:
     parts = [label, short_model(cfg.model)]
     if with_task:
-        parts.append(cfg.task if cfg.calib_task == cfg.task else f"{cfg.task}.c-{cfg.calib_task}")
+        task, calib = short_task(cfg.task), short_task(cfg.calib_task)
+        parts.append(task if cfg.calib_task == cfg.task else f"{task}.c-{calib}")
     parts += [f"s{cfg.sparsity:.2f}", f"n{cfg.calib_size}", f"seed{cfg.seed}"]
     return "-".join(parts)
 
@@ -250,6 +267,7 @@ def expand(spec: SweepSpec) -> list[RunSpec]:
                                     finetune=g.finetune,
                                     calib_limit=s.calib_limit,
                                     eval_limit=s.eval_limit,
+                                    limit=s.limit,
                                 )
                                 configs.append((m.label, cfg))
     with_task = len({(c.task, c.calib_task) for _, c in configs}) > 1

@@ -194,6 +194,7 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
     import torch
 
     from statprune.data import get_task
+    from statprune.data.local import data_identity
     from statprune.evaluation import evaluate
     from statprune.models.load import load_model
     from statprune.pipeline import data_record, limited, resolve_device, resolve_dtype, run_prune
@@ -216,7 +217,7 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
     with timer("load"):
         say(f"load {model_spec} ({cfg.dtype}, {device})")
         model, tokenizer = load_model(
-            model_spec, task=task, dtype=resolve_dtype(cfg.dtype), device=str(device)
+            model_spec, task=task, dtype=resolve_dtype(cfg.dtype), device=str(device), random_head="refuse"
         )
 
     def run_eval() -> dict[str, float]:
@@ -228,10 +229,11 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
             batch_size=cfg.eval_batch_size,
             max_length=cfg.max_length,
             device=str(device),
+            limit=cfg.limit,
         )
 
     with timer("dense_eval"):
-        dense, dense_cached = dense_metrics(cfg, store.root, run_eval)
+        dense, dense_cached = dense_metrics(cfg, store.root, run_eval, data_identity(task))
         say(f"dense {cfg.task}/{cfg.eval_split}: {_fmt(dense)}" + (" (cached)" if dense_cached else ""))
     run = run_prune(job, model=model, tokenizer=tokenizer, timer=timer, say=say)
     report = run.result.to_dict()
@@ -250,6 +252,7 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
         "peak_memory_bytes": peak_memory_bytes(str(device)),
         "device": str(device),
         "model_path": model_spec if model_spec != cfg.model else None,
+        "examples_scored": int(metrics["num_examples"]),
     }
 
 
@@ -261,10 +264,13 @@ def _key_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def dense_metrics(cfg: RunConfig, results_root: Path, evaluate_dense: Any) -> tuple[dict[str, float], bool]:
+def dense_metrics(
+    cfg: RunConfig, results_root: Path, evaluate_dense: Any, data: Any = None
+) -> tuple[dict[str, float], bool]:
     """The dense model's metrics for this (model, fine-tune, task, split, ...), computed once.
 
-    Concurrent jobs needing the same entry wait on a file lock instead of evaluating twice.
+    Concurrent jobs needing the same entry wait on a file lock instead of evaluating twice. ``data``
+    identifies local data by content, so an edited file is evaluated again.
     """
     from statprune.data import get_task
 
@@ -280,6 +286,10 @@ def dense_metrics(cfg: RunConfig, results_root: Path, evaluate_dense: Any) -> tu
         "data_sha256": get_task(cfg.task).provenance().get("content_sha256"),  # changed data: evaluate again
         "statprune": __version__,  # a release may change data preparation: never reuse across versions
     }
+    if cfg.limit is not None:  # set only: the keys of earlier entries stay valid
+        key["examples"] = cfg.limit
+    if data is not None:
+        key["data"] = data
     h = _key_hash(key)
     path = results_root / ".dense" / f"{h}.json"
     with exclusive(results_root / ".dense" / f"{h}.lock"):

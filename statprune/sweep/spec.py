@@ -137,7 +137,7 @@ def _settings(where: str, raw: Mapping[str, Any], base: Settings) -> Settings:
         w = f"{where}.{key}"
         if key in ("seq_len", "max_length"):
             values[key] = None if v == "task" else _int(w, v, minimum=2)
-        elif key in ("calib_limit", "eval_limit"):
+        elif key in ("calib_limit", "eval_limit", "limit"):
             values[key] = None if v is None else _int(w, v, minimum=1)
         elif key in ("batch_size", "eval_batch_size"):
             values[key] = _int(w, v, minimum=1)
@@ -190,10 +190,13 @@ def _methods(where: str, raw: Any) -> tuple[MethodSpec, ...]:
 
 
 def _check_task(where: str, name: str) -> None:
-    from statprune.data import TASKS
+    """A registered task or local data (a path, a task file)."""
+    from statprune.data import get_task
 
-    if name not in TASKS:
-        raise _err(where, TASKS.unknown_message(name))
+    try:
+        get_task(name)
+    except StatpruneError as e:
+        raise _err(where, str(e)) from None
 
 
 def _check_model(where: str, spec: str) -> None:
