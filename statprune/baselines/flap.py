@@ -98,15 +98,18 @@ class ChannelStats:
         self.s1: torch.Tensor | None = None
         self.s2: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> None:
-        rows = x[mask].double()
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, chunk_rows: int = 8192) -> None:
+        rows = x[mask]
         if self.shift is None:
-            self.shift = rows.mean(0) if len(rows) else rows.new_zeros(rows.shape[1])
+            self.shift = (
+                rows.double().mean(0) if len(rows) else rows.new_zeros(rows.shape[1], dtype=torch.float64)
+            )
             self.s1 = torch.zeros_like(self.shift)
             self.s2 = torch.zeros_like(self.shift)
-        d = rows - self.shift
-        self.s1 += d.sum(0)
-        self.s2 += d.pow(2).sum(0)
+        for s in range(0, rows.shape[0], chunk_rows):  # float64 copies of a few rows at a time
+            d = rows[s : s + chunk_rows].double() - self.shift
+            self.s1 += d.sum(0)
+            self.s2 += d.pow(2).sum(0)
         self.n += rows.shape[0]
 
     def _check(self) -> None:

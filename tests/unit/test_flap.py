@@ -35,6 +35,9 @@ def test_fluctuation_metrics_by_hand():
     stats(x[:, :2], mask[:, :2])  # two batches: streaming must not matter
     stats(x[:, 2:], mask[:, 2:])
     assert stats.n == 3
+    one_by_one = ChannelStats()
+    one_by_one(x, mask, chunk_rows=1)
+    assert torch.allclose(one_by_one.var, stats.var) and torch.allclose(one_by_one.mean, stats.mean)
     assert torch.allclose(stats.mean, torch.tensor([3.0, 2.0], dtype=torch.float64))
     assert torch.allclose(stats.var, torch.tensor([8 / 3, 0.0], dtype=torch.float64))
     assert torch.allclose(stats.sumsq, torch.tensor([35.0, 12.0], dtype=torch.float64))
