@@ -39,9 +39,10 @@ Differences from the official code (github.com/CASIA-IVA-Lab/FLAP, ``lib/prune.p
    target, each unit weighted by its FLOPs. ``UL-UM`` released removes ⌊p · d_ff⌋ neurons per layer;
    here the FFNs take whatever the floored head counts leave of the FLOPs target (with GQA's few KV
    groups per layer ⌊p · groups⌋ is often 0), uniformly (counts differ by at most one group, the
-   extra groups go to layers spread evenly over depth). ``remove_heads=-1`` (released default, only
-   meaningful for UL-UM/AL-AM there) makes the MM modes give attention the target fraction of its
-   own FLOPs.
+   extra groups go to layers spread evenly over depth). In the MM structures ``remove_heads=-1``
+   (the value the released scripts pass to UL-UM/AL-AM, which ignore it; released default 8) gives
+   attention the target fraction of its own FLOPs; released MM needs an explicit count and sizes
+   the FFN removal from parameter counts (``cal_remove_neuron``).
 4. GQA: whole KV groups are the head units (released: multi-head Llama only, head_dim 128 fixed).
 5. Every layer keeps at least one head unit and ``neuron_multiple`` neurons (released AL-AM can
    empty a layer's attention); kept neuron counts are multiples of ``neuron_multiple`` (default 8,
