@@ -75,6 +75,13 @@ def _with_weight(linear: nn.Linear, weight: torch.Tensor) -> nn.Linear:
     return new
 
 
+def add_zero_bias(linear: nn.Linear) -> None:
+    """Give ``linear`` a zero bias in place (nothing changes when it already has one)."""
+    if linear.bias is None:
+        w = linear.weight
+        linear.bias = nn.Parameter(torch.zeros(linear.out_features, device=w.device, dtype=w.dtype))
+
+
 def head_dims(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Feature indices (in a heads·head_dim layout) of the given heads, in the given order."""
     heads = torch.as_tensor(heads, dtype=torch.long)
@@ -253,6 +260,23 @@ class Adapter(ABC):
     def replace_down_proj(self, i: int, weight: torch.Tensor) -> None:
         """Set the down projection's weight (hidden × kept neurons); the bias is unchanged."""
         self._set_down_proj(i, _with_weight(self.down_proj(i), weight))
+
+    def add_output_bias(self, i: int, part: str, delta: torch.Tensor) -> None:
+        """Add ``delta`` to the bias of layer ``i``'s output projection (``part="attention"``) or down
+        projection (``"ffn"``), e.g. FLAP's compensation of removed inputs by their mean. A family
+        whose stock modules have no such bias gets zero biases first (:meth:`enable_biases`)."""
+        lin = self.out_proj(i) if part == "attention" else self.down_proj(i)
+        if lin.bias is None:
+            self.enable_biases(part)
+            lin = self.out_proj(i) if part == "attention" else self.down_proj(i)
+        with torch.no_grad():
+            lin.bias.add_(delta.to(device=lin.bias.device, dtype=lin.bias.dtype))
+
+    def enable_biases(self, part: str) -> None:
+        """Give the ``part`` ("attention" | "ffn") linears of every layer a bias, the way the family's
+        config switches them on, so a stock model rebuilt from the saved config has the same tensors.
+        Families whose linears always have biases (BERT, DistilBERT) never get here."""
+        raise NotImplementedError(f"{type(self).__name__}: stock {part} modules have no bias to add")
 
     def set_shapes(self, shapes: list[LayerShape]) -> None:
         """Resize a freshly built model to per-layer ``shapes`` (weights are loaded afterwards)."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from statprune.adapters.base import Adapter
+from statprune.adapters.base import Adapter, add_zero_bias
 from statprune.adapters.registry import register_adapter
+from statprune.errors import StatpruneError
 
 
 @register_adapter
@@ -69,6 +70,26 @@ class LlamaAdapter(Adapter):
 
     def _set_head_counts(self, i: int, num_heads: int, num_kv_heads: int) -> None:
         self.attention(i).num_key_value_groups = num_heads // num_kv_heads
+
+    def enable_biases(self, part: str) -> None:
+        """Llama's ``attention_bias`` / ``mlp_bias`` switch biases on for q/k/v/o resp. gate/up/down;
+        the ones a method does not use stay zero. Mistral and Qwen2 have no such switch for o/down."""
+        flag = {"attention": "attention_bias", "ffn": "mlp_bias"}[part]
+        if self.config.model_type != "llama":
+            raise StatpruneError(
+                f"{self.config.model_type}: the stock modules cannot hold a bias on the "
+                f"{'output' if part == 'attention' else 'down'} projection (no config switch); "
+                "run without bias compensation"
+            )
+        for i in range(self.num_layers):
+            lins = (
+                [*self.qkv(i), self.out_proj(i)]
+                if part == "attention"
+                else [*self.ffn_in(i), self.down_proj(i)]
+            )
+            for lin in lins:
+                add_zero_bias(lin)
+        setattr(self.config, flag, True)
 
     @property
     def hidden_size(self) -> int:

@@ -38,11 +38,13 @@ METHOD_STYLES: dict[str, MethodStyle] = {
     "random": MethodStyle("Random", "#999999", "x", 5),
     "kwon": MethodStyle("Kwon et al.", OKABE_ITO["blue"], "s", 20),
     "slicegpt": MethodStyle("SliceGPT", OKABE_ITO["bluish_green"], "D", 30),
+    "wanda-sp": MethodStyle("Wanda-sp", OKABE_ITO["reddish_purple"], "^", 35),
+    "flap": MethodStyle("FLAP", OKABE_ITO["sky_blue"], "P", 40),
     "stat": MethodStyle("STAT", OKABE_ITO["vermillion"], "o", 100),
 }
 # colours/markers left for methods added later; yellow is last resort (weak on white)
-_SPARE_COLORS = (OKABE_ITO["sky_blue"], OKABE_ITO["reddish_purple"], "#7F7F7F", OKABE_ITO["yellow"])
-_SPARE_MARKERS = ("^", "P", "X", "*", "<", ">")
+_SPARE_COLORS = ("#7F7F7F", OKABE_ITO["yellow"])
+_SPARE_MARKERS = ("X", "*", "<", ">")
 # variants of one method (different options) share its colour and differ by line style
 VARIANT_LINESTYLES = ("-", "--", ":", "-.")
 
