@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from statprune import __version__
+from statprune.errors import StatpruneError
 from statprune.provenance import git_commit, peak_memory_bytes, versions
 from statprune.sweep import owners
 from statprune.sweep import tracking as tracking_mod
@@ -117,9 +118,12 @@ def run_task(task: RunTask) -> dict[str, Any]:
     same_launch = current.get("launch_id") == task.launch_id
     outdated = None
     if status == "done" and not task.keep_outdated:
-        outdated = outdated_reason(
-            current, expected_stamp(task.config.method, thaw(task.config.method_options))
-        )
+        try:
+            expected = expected_stamp(task.config.method, thaw(task.config.method_options))
+        except StatpruneError as e:  # an option removed since: the record is outdated, the run fails
+            outdated = f"its method options no longer parse: {e}"
+        else:
+            outdated = outdated_reason(current, expected)
     if (status == "done" and not outdated) or (
         status in FINAL
         and status != "done"
