@@ -13,6 +13,9 @@ of one sequence of ``s`` tokens. Per layer, with query heads H, head size d_h:
 Not counted: embeddings and the task/LM head (reported as params), norms, softmax, activations and
 the SwiGLU product, RoPE, biases, residual adds. Records before 2026-12-01 counted decoders'
 attention core as bidirectional (2·s²·d_h).
+
+:data:`FLOPS_MODEL_VERSION` numbers this model; it enters every sweep record's fingerprint
+(:mod:`statprune.sweep.fingerprint`), so a change here marks earlier records outdated.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from statprune.adapters import Adapter
+
+# 1: every attention core 2·s²·d_h; 2 (2026-12-01): causal decoders s(s+1)·d_h. Bump on any change.
+FLOPS_MODEL_VERSION = 2
 
 
 @dataclass(frozen=True)

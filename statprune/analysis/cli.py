@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Copy the JSON record of every done run of the study (never weights or checkpoints; "
         "home paths become ~) into <to>/<study>/, remove earlier copies of runs no longer done, and write "
         "PROVENANCE.json. Records from code older than the study's compatible-since commit, or of an "
-        "older record format, are marked `outdated`; `statprune figures` leaves them out.",
+        "older record format, or that the current code would run differently (the sweep's fingerprint: "
+        "resolved options, FLOPs model), are marked `outdated`; `statprune figures` leaves them out.",
     )
     pub.add_argument("spec", help="sweep spec TOML (experiments/*.toml)")
     pub.add_argument(

@@ -5,8 +5,11 @@ figure (``statprune figures`` reads published records first). Publishing copies 
 each ``done`` run — never weights, checkpoints, locks or reports — with absolute home paths
 replaced by ``~``, and writes ``PROVENANCE.json`` (who published what from which code).
 
-A published record is *outdated* when older code made it: its record format predates the current
-one, or its git commit does not descend from the study's ``compatible_since`` commit (set with
+A published record is *outdated* when other code made it: by the sweep's own rule (its record
+format predates the current one, or its fingerprint — resolved method options, FLOPs-model version,
+record format — differs from what the current code computes for its config; see
+:mod:`statprune.sweep.fingerprint`), or its git commit does not descend from the study's
+``compatible_since`` commit (set with
 ``--compatible-since COMMIT --reason TEXT`` when a change invalidates earlier numbers, kept in
 ``PROVENANCE.json`` for later publishes). Outdated records get an ``outdated`` key saying why;
 ``statprune figures`` leaves them out unless ``--include-outdated``.
@@ -29,18 +32,11 @@ from typing import Any
 from statprune.analysis.records import resolve_study
 from statprune.errors import StatpruneError
 from statprune.provenance import git_commit, versions
+from statprune.sweep.fingerprint import RECORD_FORMAT, Expected
+from statprune.sweep.fingerprint import outdated_reason as code_outdated_reason
 
 PUBLISHED_ROOT = Path("results/published")
 PROVENANCE_FILE = "PROVENANCE.json"
-# 1: before the `data` provenance block; 2: with it. Bump when records change meaning.
-RECORD_FORMAT = 2
-
-
-def record_format(rec: dict[str, Any]) -> int:
-    """A record's format: its ``record_format`` field, else inferred from the keys it carries."""
-    if isinstance(rec.get("record_format"), int):
-        return rec["record_format"]
-    return 2 if "data" in rec else 1
 
 
 @dataclass
@@ -80,6 +76,7 @@ def publish_study(
     result = PublishResult(study.name, dest)
     records: dict[str, dict[str, Any]] = {}
     skipped: Counter[str] = Counter()
+    expected = Expected()
     for path in sorted(p for p in src.glob("*.json") if not p.name.startswith(".")):
         try:
             rec = json.loads(path.read_text())
@@ -92,7 +89,7 @@ def publish_study(
             skipped[str(rec.get("status"))] += 1
             continue
         rec.pop("outdated", None)
-        why = outdated_reason(rec, marker)
+        why = outdated_reason(rec, marker, expected)
         if why:
             rec["outdated"] = why
             result.outdated[rec["run_id"]] = why
@@ -115,12 +112,16 @@ def publish_study(
 # --------------------------------------------------------------------------- outdated records
 
 
-def outdated_reason(rec: dict[str, Any], marker: dict[str, str] | None) -> str | None:
-    """Why ``rec`` comes from code older than the study accepts, or None."""
+def outdated_reason(
+    rec: dict[str, Any], marker: dict[str, str] | None, expected: Expected | None = None
+) -> str | None:
+    """Why ``rec`` comes from other code than the study accepts, or None: the sweep's rule (record
+    format, fingerprint of resolved options and FLOPs model; :mod:`statprune.sweep.fingerprint`),
+    then the study's ``compatible_since`` marker."""
     why = []
-    fmt = record_format(rec)
-    if fmt < RECORD_FORMAT:
-        why.append(f"record format {fmt} < {RECORD_FORMAT}")
+    code = code_outdated_reason(rec, expected)
+    if code:
+        why.append(code)
     if marker:
         commit = str(rec.get("git_commit") or "").removesuffix("+dirty")
         since = marker["commit"]

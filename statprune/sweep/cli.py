@@ -34,12 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--results", metavar="DIR", help="results root (None: the spec's results_dir, else ./results)"
     )
-    p.add_argument("--status", action="store_true", help="show done/running/failed/missing per run and exit")
+    p.add_argument(
+        "--status", action="store_true", help="show done/outdated/running/failed/missing per run and exit"
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="print the plan (run_id, name, status, action) and exit"
     )
     p.add_argument(
         "--retry-failed", action="store_true", help="also re-run runs with a failed or cancelled record"
+    )
+    p.add_argument(
+        "--keep-outdated",
+        action="store_true",
+        help="count done records made by other code (other resolved options, FLOPs model or record "
+        "format; shown as outdated by --status) as done instead of running them again",
     )
     p.add_argument("--no-wandb", action="store_true", help="do not mirror runs to wandb")
     p.add_argument(
@@ -74,7 +82,7 @@ def _main(args: argparse.Namespace) -> int:
         raise StatpruneError(f"--only {' '.join(args.only)} matches no run of {args.spec}")
 
     if args.status or args.dry_run:
-        rows = L.plan(store, runs, retry_failed=args.retry_failed)
+        rows = L.plan(store, runs, retry_failed=args.retry_failed, keep_outdated=args.keep_outdated)
         print(L.format_table(rows, actions=args.dry_run))
         c = L.counts(rows)
         print(
@@ -102,6 +110,7 @@ def _main(args: argparse.Namespace) -> int:
         executor=args.executor,
         profile=profile,
         retry_failed=args.retry_failed,
+        keep_outdated=args.keep_outdated,
         tracking=not args.no_wandb,
         parallel=args.parallel,
         threads=args.threads,

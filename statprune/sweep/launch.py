@@ -1,7 +1,9 @@
 """The sweep driver: plan (what is done, what to run), fine-tune stage, submit, watch, record losses.
 
 Resume is the default: runs with a ``done`` record are skipped, missing or stale ones run again,
-``failed``/``cancelled`` ones only with ``retry_failed``. Before submitting, the driver claims every
+``failed``/``cancelled`` ones only with ``retry_failed``. A done record whose fingerprint differs
+from what the current code would write for its config (:mod:`statprune.sweep.fingerprint`) is
+``outdated`` and runs again, unless ``keep_outdated``. Before submitting, the driver claims every
 run it will launch (lock files, see :mod:`statprune.sweep.store`), so a second launch of the same
 spec at the same time waits for those runs instead of running them twice. While waiting it polls
 the executor; a job that ends without writing its final record (``scancel``, killed, out of memory)
@@ -22,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from statprune.sweep import owners
-from statprune.sweep.config import RunSpec, SweepSpec, finetune_key
+from statprune.sweep.config import RunSpec, SweepSpec, finetune_key, thaw
 from statprune.sweep.executors import ClusterProfile, Item, Outcome, make_executor
+from statprune.sweep.fingerprint import Expected, outdated_reason
 from statprune.sweep.run import RunJob, RunTask, finetune_stage_job
 from statprune.sweep.store import FINAL, RunState, RunStore, now_iso
 from statprune.sweep.tracking import TrackingConfig
@@ -39,14 +42,29 @@ class PlanRow:
     action: str  # skip | run | retry | wait
 
 
-def plan(store: RunStore, runs: Sequence[RunSpec], *, retry_failed: bool = False) -> list[PlanRow]:
-    """What a launch would do with each run, from the records and locks on disk."""
+def plan(
+    store: RunStore, runs: Sequence[RunSpec], *, retry_failed: bool = False, keep_outdated: bool = False
+) -> list[PlanRow]:
+    """What a launch would do with each run, from the records and locks on disk.
+
+    A done record made by other code becomes state ``outdated`` (action run; the detail says why),
+    or stays done with ``keep_outdated`` (the detail still says why).
+    """
     states = store.states(r.run_id for r in runs)
+    expected = Expected()
     rows = []
     for r in runs:
         st = states[r.run_id]
+        why = None
         if st.status == "done":
+            why = outdated_reason(st.record or {}, expected(r.config.method, thaw(r.config.method_options)))
+        if why and not keep_outdated:
+            st = RunState("outdated", st.record, st.lock, why)
+            action = "run"
+        elif st.status == "done":
             action = "skip"
+            if why:
+                st = RunState("done", st.record, st.lock, f"outdated, kept: {why}")
         elif st.status in ("failed", "cancelled"):
             action = "retry" if retry_failed else "skip"
         elif st.status == "running":
@@ -77,7 +95,9 @@ def _clip(s: str, n: int) -> str:
 
 def counts(rows: Sequence[PlanRow]) -> dict[str, int]:
     c = Counter(r.state.status for r in rows)
-    return {k: c.get(k, 0) for k in ("done", "running", "failed", "cancelled", "stale", "missing")}
+    return {
+        k: c.get(k, 0) for k in ("done", "outdated", "running", "failed", "cancelled", "stale", "missing")
+    }
 
 
 # ---- launching -----------------------------------------------------------------------------------
@@ -88,6 +108,7 @@ class LaunchOptions:
     executor: str = "local"
     profile: ClusterProfile | None = None
     retry_failed: bool = False
+    keep_outdated: bool = False  # done records made by other code count as done
     tracking: bool = True
     parallel: int | None = None  # local: jobs at once
     threads: int | None = None  # torch threads per run (local/inline); SLURM uses the job's CPUs
@@ -122,17 +143,18 @@ def launch(
     """Run every run of ``runs`` that is not done; returns what happened (records are on disk)."""
     t0 = time.monotonic()
     launch_id = new_launch_id()
-    rows = plan(store, runs, retry_failed=opts.retry_failed)
+    rows = plan(store, runs, retry_failed=opts.retry_failed, keep_outdated=opts.keep_outdated)
     actions = Counter(r.action for r in rows)
     report = LaunchReport(launch_id=launch_id, folder=None, planned=dict(actions))
     echo(
         f"sweep {spec.study}: {len(rows)} runs — {actions.get('skip', 0)} skip, {actions.get('run', 0)} run, "
         f"{actions.get('retry', 0)} retry, {actions.get('wait', 0)} running elsewhere"
+        + (f" ({n} of the runs outdated: see --status)" if (n := counts(rows)["outdated"]) else "")
     )
     to_run = [r.run for r in rows if r.action in ("run", "retry")]
     watch = {r.run.run_id for r in rows if r.action == "wait"}
     if not to_run and not watch:
-        report.final = counts(plan(store, runs))
+        report.final = counts(plan(store, runs, keep_outdated=opts.keep_outdated))
         report.seconds = time.monotonic() - t0
         return report
 
@@ -170,6 +192,7 @@ def launch(
             tracking=tracking,
             threads=threads,
             replace=replace,
+            keep_outdated=opts.keep_outdated,
         )
 
     driver = owners.identity(launch_id, "driver")
@@ -188,7 +211,7 @@ def launch(
         report.seconds = time.monotonic() - t0
         return report
     monitor.run(watch, task_of)
-    report.final = counts(plan(store, runs))
+    report.final = counts(plan(store, runs, keep_outdated=opts.keep_outdated))
     report.seconds = time.monotonic() - t0
     return report
 

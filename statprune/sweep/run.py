@@ -3,7 +3,9 @@
 This module holds the function every executor runs (in-process, a local process or a SLURM job),
 so it must be importable from the installed package. A run first claims its lock (see
 :mod:`statprune.sweep.store`); a run someone else holds is not run twice. Any exception inside the
-run becomes a ``failed`` record with the traceback: a sweep never stops for one bad run.
+run becomes a ``failed`` record with the traceback: a sweep never stops for one bad run. A ``done``
+record whose fingerprint does not match the current code (:mod:`statprune.sweep.fingerprint`) is
+moved to ``outdated/`` and the run runs again, unless the launch keeps outdated records.
 
 The dense model's metrics are cached per (model, fine-tune, task, data hash, split, length, batch, dtype) under
 ``<results>/.dense/`` behind a file lock, so a hundred runs of one model evaluate it once; the
@@ -27,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from statprune import __version__
+from statprune.errors import StatpruneError
 from statprune.provenance import git_commit, peak_memory_bytes, versions
 from statprune.sweep import owners
 from statprune.sweep import tracking as tracking_mod
 from statprune.sweep.config import RunConfig, thaw
+from statprune.sweep.fingerprint import RECORD_FORMAT, expected_stamp, outdated_reason, stamp
 from statprune.sweep.store import FINAL, RunStore, atomic_write_json, exclusive, now_iso, read_json
 from statprune.sweep.tracking import TrackingConfig
 
@@ -53,6 +57,7 @@ class RunTask:
     tracking: TrackingConfig = TrackingConfig(enabled=False)  # noqa: RUF009  (frozen: safe to share)
     threads: int | None = None  # torch threads; None = the job's CPUs (SLURM_CPUS_PER_TASK) if known
     replace: tuple[str, ...] = ()  # final statuses this launch may overwrite (--retry-failed)
+    keep_outdated: bool = False  # a done record made by other code counts as done (--keep-outdated)
 
 
 class JobTerminated(BaseException):
@@ -111,8 +116,17 @@ def run_task(task: RunTask) -> dict[str, Any]:
     current = store.read(task.run_id) or {}
     status = current.get("status")
     same_launch = current.get("launch_id") == task.launch_id
-    if status == "done" or (
+    outdated = None
+    if status == "done" and not task.keep_outdated:
+        try:
+            expected = expected_stamp(task.config.method, thaw(task.config.method_options))
+        except StatpruneError as e:  # an option removed since: the record is outdated, the run fails
+            outdated = f"its method options no longer parse: {e}"
+        else:
+            outdated = outdated_reason(current, expected)
+    if (status == "done" and not outdated) or (
         status in FINAL
+        and status != "done"
         # another launch's final record (unless retrying), or this launch's driver gave up on it;
         # this launch's own job-written "cancelled" (a preempted job, now requeued) is run again
         and (
@@ -124,12 +138,17 @@ def run_task(task: RunTask) -> dict[str, Any]:
         _say(task, f"already {current['status']}; not running it")
         return {"run_id": task.run_id, "status": "skipped", "detail": f"already {current['status']}"}
 
+    if outdated:
+        path = store.archive(current, outdated)
+        _say(task, f"outdated record ({outdated}) moved to {path}; running it again")
+
     threads = _set_threads(task.threads)
     base: dict[str, Any] = {
         "run_id": task.run_id,
         "name": task.name,
         "study": task.study,
         "status": "running",
+        "record_format": RECORD_FORMAT,
         "config": task.config.to_dict(),
         "launch_id": task.launch_id,
         "host": socket.gethostname(),
@@ -151,7 +170,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
             )
             _say(task, f"started on {base['host']} (threads={threads}, job={base['slurm_job_id']})")
             result = execute(task.config, store, lambda msg: _say(task, msg))
-        record = {**base, **result, "status": "done"}
+        record = {**base, **result, **stamp(result["method_options_resolved"]), "status": "done"}
     except JobTerminated as e:
         record = {
             **base,
@@ -237,6 +256,7 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
         say(f"dense {cfg.task}/{cfg.eval_split}: {_fmt(dense)}" + (" (cached)" if dense_cached else ""))
     run = run_prune(job, model=model, tokenizer=tokenizer, timer=timer, say=say)
     report = run.result.to_dict()
+    resolved = report.pop("options")  # one copy in the record: method_options_resolved
     with timer("eval"):
         metrics = run_eval()
         say(
@@ -247,6 +267,7 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
         "dense_metrics": dense,
         "dense_cached": dense_cached,
         "prune": report,
+        "method_options_resolved": resolved,
         "data": {**run.data, "evaluation": data_record(eval_task, cfg.eval_split)},
         "timings": {f"{stage}_seconds": s for stage, s in timer.totals.items()},
         "peak_memory_bytes": peak_memory_bytes(str(device)),

@@ -7,10 +7,15 @@ Layout under ``<results>/<study>/``::
     .locks/guard           flock'ed briefly around every claim/release, so that breaking a stale
                            lock and taking it is one step for concurrent launches
     submitit/<launch_id>/  one submitit folder per launch (job ids restart with a fresh cluster)
+    outdated/<run_id>.<launch_id>.json
+                           a done record made by other code (see :mod:`statprune.sweep.fingerprint`),
+                           kept here, with ``outdated`` (why) and ``superseded`` (when), when its
+                           run runs again
 
 A run is *done*, *failed* or *cancelled* by its record; *running* while a live holder has its lock;
 *stale* when the record says running (or a lock exists) but the holder is gone; *missing* otherwise.
-Stale and missing runs are (re)run by the next launch.
+Stale and missing runs are (re)run by the next launch. Whether a done record is *outdated* is
+decided by the launch plan (:func:`statprune.sweep.launch.plan`), which knows the method options.
 """
 
 from __future__ import annotations
@@ -82,6 +87,12 @@ class RunStore:
             raise ValueError(f"bad record status {record.get('status')!r}")
         path = self.record_path(record["run_id"])
         atomic_write_json(path, record)
+        return path
+
+    def archive(self, record: dict[str, Any], reason: str) -> Path:
+        """Keep a done record that is about to be replaced because it is outdated: nothing is lost."""
+        path = self.dir / "outdated" / f"{record['run_id']}.{record.get('launch_id') or 'unknown'}.json"
+        atomic_write_json(path, {**record, "outdated": reason, "superseded": now_iso()})
         return path
 
     def records(self) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ import pytest
 from statprune.analysis.figures import build_figures, load_manifest
 from statprune.analysis.publish import RECORD_FORMAT, publish_study, scrub_home
 from statprune.errors import StatpruneError
+from statprune.sweep.fingerprint import expected_stamp, fingerprint
 
 DATA = Path(__file__).parents[1] / "data" / "records"
 EXPECTED = DATA / "expected"
@@ -26,7 +27,7 @@ def _git(*args: str) -> str:
 
 def _sweep_output(tmp_path: Path, study: str = "toy_cls") -> tuple[Path, Path]:
     """A study's results folder as a sweep leaves it: records plus locks, temp files, a report and
-    a checkpoint; half the records in the current format (with the `data` block)."""
+    a checkpoint; half the records in the current format (stamped by the current code)."""
     spec = tmp_path / f"{study}.toml"
     shutil.copy(DATA / f"{study}.toml", spec)
     src = tmp_path / "results" / study
@@ -35,7 +36,7 @@ def _sweep_output(tmp_path: Path, study: str = "toy_cls") -> tuple[Path, Path]:
     for path in sorted(src.glob("*.json")):
         rec = json.loads(path.read_text())
         if path in done[::2]:
-            rec["data"] = {"calibration": {"task": "x"}}
+            rec.update(data={"calibration": {"task": "x"}}, **_stamp(rec))
         rec["model_path"] = "/home/alice/.cache/statprune/models/minilm-l6"
         path.write_text(json.dumps(rec))
     (src / ".locks").mkdir()
@@ -45,6 +46,11 @@ def _sweep_output(tmp_path: Path, study: str = "toy_cls") -> tuple[Path, Path]:
     (src / "report" / "summary.json").write_text('{"run_id": "x"}')
     (src / "model.safetensors").write_bytes(b"\0" * 64)
     return spec, src
+
+
+def _stamp(rec: dict) -> dict:
+    """What the current code writes into a record of this config (format, resolved options, fingerprint)."""
+    return expected_stamp(rec["config"]["method"], rec["config"]["method_options"])
 
 
 def test_publish_copies_done_json_records_with_provenance(tmp_path, monkeypatch):
@@ -83,7 +89,7 @@ def test_publish_marks_records_older_than_compatible_since_and_keeps_the_marker(
     made_at = {p.stem: c for p, c in zip(paths, [new, marker + "+dirty", old, "0" * 40] * 2)}
     for p in paths:
         rec = json.loads(p.read_text())
-        rec.update(git_commit=made_at[p.stem], data={})
+        rec.update(git_commit=made_at[p.stem], data={}, **_stamp(rec))
         p.write_text(json.dumps(rec))
     with pytest.raises(StatpruneError, match="not a commit of this repository"):
         publish_study(spec, results_root="results", dest_root="pub", compatible_since="f" * 40)
@@ -204,3 +210,22 @@ def test_figures_read_published_records_by_default(tmp_path, monkeypatch):
     assert partial.status == "partial" and not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()
     assert build_figures(manifest, only=["calib_lm"], include_outdated=True)[0].status == "ok"
     assert (tmp_path / "docs" / "figures" / "calib_lm.md").read_text() == golden
+
+
+def test_publish_marks_records_the_current_code_would_make_differently(tmp_path, monkeypatch):
+    """The sweep's rule: a stamped record whose resolved options differ from what the current code
+    resolves for its config is outdated, with the option named."""
+    monkeypatch.chdir(tmp_path)
+    spec, src = _sweep_output(tmp_path)
+    paths = sorted(p for p in src.glob("*.json") if json.loads(p.read_text())["status"] == "done")
+    for p in paths:
+        rec = json.loads(p.read_text())
+        rec.update(_stamp(rec))
+        p.write_text(json.dumps(rec))
+    rec = json.loads(paths[0].read_text())
+    key, value = sorted(rec["method_options_resolved"].items())[0]
+    rec["method_options_resolved"][key] = "changed"
+    rec["fingerprint"] = fingerprint(rec["method_options_resolved"], 2, 2)
+    paths[0].write_text(json.dumps(rec))
+    r = publish_study(spec, results_root="results", dest_root="pub")
+    assert r.outdated == {paths[0].stem: f'option {key}: "changed" → {json.dumps(value)}'}

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from statprune.sweep import owners
+from statprune.sweep.fingerprint import expected_stamp
 from statprune.sweep.launch import format_table, plan
 from statprune.sweep.spec import parse_spec
 from statprune.sweep.store import RunStore, atomic_write_json
@@ -122,7 +123,7 @@ def test_states_and_plan(tmp_path):
     runs = spec.runs()
     ids = [r.run_id for r in runs]
     store = RunStore(tmp_path, "s")
-    store.write(record(ids[0], "done"))
+    store.write(record(ids[0], "done", **expected_stamp("magnitude", {})))  # made by this code
     store.write(
         record(ids[1], "failed", error={"type": "ValueError", "message": "boom\nmore", "traceback": "tb"})
     )
