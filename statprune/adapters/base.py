@@ -87,6 +87,7 @@ class Adapter(ABC):
     model_types: tuple[str, ...] = ()
     pre_norm: bool = True
     gated_ffn: bool = False
+    causal: bool = False  # decoder (causal LM) vs encoder: STAT's reference allocation has one variant each
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

@@ -13,6 +13,7 @@ class BertAdapter(Adapter):
     model_types = ("bert",)
     pre_norm = False
     gated_ffn = False
+    causal = False
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.encoder.layer

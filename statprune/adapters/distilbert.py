@@ -13,6 +13,7 @@ class DistilBertAdapter(Adapter):
     model_types = ("distilbert",)
     pre_norm = False
     gated_ffn = False
+    causal = False
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.transformer.layer

@@ -17,6 +17,7 @@ class LlamaAdapter(Adapter):
     model_types = ("llama", "mistral", "qwen2")
     pre_norm = True
     gated_ffn = True
+    causal = True
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.layers

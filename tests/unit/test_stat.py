@@ -68,7 +68,7 @@ def test_exact_rank_is_reproduced_with_correction(family, repropagate):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("allocation", ["greedy", "paper"])
+@pytest.mark.parametrize("allocation", ["greedy", "share", "reference"])
 @pytest.mark.parametrize("sparsity", [0.15, 0.3, 0.55])
 def test_flops_target_met_within_one_unit(family, allocation, sparsity):
     model = tiny_model(family)
