@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,6 +68,19 @@ def test_exact_rank_is_reproduced_with_correction(family, repropagate):
     assert err_nocorr > 1e-3 and err_nocorr > 100 * err
 
 
+def _hand_flops(shapes, ad, s: float) -> float:
+    """METHODS.md §2 from the layer shapes alone: per query head s·d·d_h (Q) + s·d_h·d (O) + 2s²·d_h,
+    per KV head 2·s·d·d_h (K, V), per neuron s·d per FFN matrix (3 with a gate, else 2)."""
+    d = ad.hidden_size
+    per_neuron = (3 if ad.gated_ffn else 2) * s * d
+    return sum(
+        x.num_heads * (2 * s * d * x.head_dim + 2 * s * s * x.head_dim)
+        + x.num_kv_heads * 2 * s * d * x.head_dim
+        + x.intermediate * per_neuron
+        for x in shapes
+    )
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("allocation", ["greedy", "share", "reference"])
 @pytest.mark.parametrize("sparsity", [0.15, 0.3, 0.55])
@@ -86,7 +100,8 @@ def test_flops_target_met_within_one_unit(family, allocation, sparsity):
     removed = dense - res.flops_pruned
     assert removed >= sparsity * dense - 1e-6
     assert removed - sparsity * dense < biggest_unit
-    assert res.flops_pruned == pytest.approx(prunable_flops(ad, seq))
+    assert res.flops_dense == pytest.approx(_hand_flops(res.shapes_dense, ad, seq), rel=1e-12)
+    assert res.flops_pruned == pytest.approx(_hand_flops(res.shapes_pruned, ad, seq), rel=1e-12)
     for layer, n in zip(ad.shapes(), full):
         assert layer.intermediate in (n, *range(multiple)) or layer.intermediate % multiple == 0
 
@@ -140,3 +155,81 @@ def test_nan_activations_are_a_clear_error():
         get_adapter(model).down_proj(0).weight[0, 0] = float("nan")
     with pytest.raises(StatpruneError, match="NaN/inf"):
         prune(model, random_calibration(), Target(0.3, 20), options=QUIET)
+
+
+# --- error curves and head ranking against independent computations ------------------------------
+
+
+def _lstsq_residual(A: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """A minus its least-squares fit on the kept columns (zero there), by torch.linalg.lstsq."""
+    if len(kept) == 0:
+        return A.clone()
+    X = torch.linalg.lstsq(A[:, kept], A).solution
+    return A - A[:, kept] @ X
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neuron_curve_is_the_least_squares_error_of_every_count(seed):
+    import scipy.linalg
+
+    from statprune.stat.neurons import neuron_curve
+
+    g = torch.Generator().manual_seed(seed)
+    N, n, d = 60, 12, 7
+    Z = torch.randn(N, n, dtype=torch.float64, generator=g) @ torch.randn(
+        n, n, dtype=torch.float64, generator=g
+    )
+    W2 = torch.randn(d, n, dtype=torch.float64, generator=g) * torch.rand(n, dtype=torch.float64, generator=g)
+    errors, pivots, id_res = neuron_curve(Z.T @ Z, W2, rel_tol=1e-12)
+    D = W2.norm(dim=0)
+    _, R, P = scipy.linalg.qr((Z * D).numpy(), pivoting=True, mode="economic")
+    assert pivots.numpy() == pytest.approx(abs(R.diagonal()), rel=1e-8)
+    for k in range(n + 1):
+        E = _lstsq_residual(Z, torch.as_tensor(P[:k]))
+        assert float(errors[k]) == pytest.approx(float((E @ W2.T).pow(2).sum()), rel=1e-7, abs=1e-9)
+        assert float(id_res[k]) == pytest.approx(float(np.linalg.norm(R[k:, k:])), rel=1e-7, abs=1e-9)
+
+
+def _head_matrix(C: torch.Tensor, kv: int, g: int, hd: int) -> torch.Tensor:
+    """One column per KV group; rows are (token, query head in the group, within-head dim) triples."""
+    N = C.shape[0]
+    return C.reshape(N, kv, g, hd).permute(0, 2, 3, 1).reshape(N * g * hd, kv)
+
+
+@pytest.mark.parametrize(("heads", "kv"), [(6, 6), (6, 3)])
+def test_head_units_match_column_pivoted_qr_of_the_reshaped_outputs(heads, kv):
+    import scipy.linalg
+
+    from statprune.adapters import LayerShape
+    from statprune.stat.heads import head_units
+
+    hd = 4
+    g = torch.Generator().manual_seed(heads + kv)
+    C = torch.randn(50, heads * hd, dtype=torch.float64, generator=g) * torch.rand(
+        heads * hd, dtype=torch.float64, generator=g
+    )
+    units = head_units(C.T @ C, LayerShape(heads, kv, hd, 8), "group", rel_tol=1e-12)
+    _, _, P = scipy.linalg.qr(_head_matrix(C, kv, heads // kv, hd).numpy(), pivoting=True, mode="economic")
+    group = heads // kv
+    assert [int(u[0]) // group for u in units] == P.tolist()
+    assert all(u.tolist() == list(range(int(u[0]), int(u[0]) + group)) for u in units)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_head_curve_is_the_block_least_squares_error_of_every_count(seed):
+    from statprune.adapters import LayerShape, head_dims
+    from statprune.stat.heads import head_curve, head_units
+
+    H, hd, d = 5, 3, 6
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(40, H * hd, dtype=torch.float64, generator=g) @ torch.randn(
+        H * hd, H * hd, dtype=torch.float64, generator=g
+    )
+    W_O = torch.randn(d, H * hd, dtype=torch.float64, generator=g)
+    G = C.T @ C
+    units = head_units(G, LayerShape(H, H, hd, 8), "group", rel_tol=1e-12)
+    errors = head_curve(G, W_O, units, hd, rel_tol=1e-12)
+    for k in range(H + 1):
+        kept = head_dims(torch.cat(units[:k]), hd) if k else torch.zeros(0, dtype=torch.long)
+        E = _lstsq_residual(C, kept)
+        assert float(errors[k]) == pytest.approx(float((E @ W_O.T).pow(2).sum()), rel=1e-7, abs=1e-9)
