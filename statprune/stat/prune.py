@@ -185,10 +185,10 @@ def _hooks(grams: dict, timer: _Timer | None = None) -> dict:
 def layer_scale(walk: LayerWalk, norm: str) -> float:
     """Energy of the layer's input hidden states (real tokens) that its errors are divided by.
 
-    ``residual``: the squared Frobenius norm. ``median``: tokens × the median per-token energy, and
-    ``trimmed``: the per-dimension energies without the largest 1% of dimensions (at least one),
-    rescaled to all dimensions; both ignore what a few attention-sink tokens or massive-activation
-    dimensions add, which can dominate a decoder layer's energy. ``none``: 1.
+    ``residual``: the squared Frobenius norm, which a few outliers can dominate in a decoder.
+    ``median``: tokens × the median per-token energy (ignores a few outlier tokens, e.g. attention
+    sinks); ``trimmed``: the per-dimension energies without the largest 1% of dimensions (at least
+    one), rescaled to all dimensions (ignores a few massive-activation dimensions). ``none``: 1.
     """
     if norm == "none":
         return 1.0

@@ -233,3 +233,33 @@ def test_head_curve_is_the_block_least_squares_error_of_every_count(seed):
         kept = head_dims(torch.cat(units[:k]), hd) if k else torch.zeros(0, dtype=torch.long)
         E = _lstsq_residual(C, kept)
         assert float(errors[k]) == pytest.approx(float((E @ W_O.T).pow(2).sum()), rel=1e-7, abs=1e-9)
+
+
+def test_robust_error_norms_ignore_sink_tokens_and_massive_dimensions():
+    from types import SimpleNamespace
+
+    from statprune.stat.prune import layer_scale
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 10, 200, dtype=torch.float64, generator=g)  # 20 tokens, 200 dims
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 8:] = False  # padding never counts
+
+    def walk(x):
+        return SimpleNamespace(
+            hidden=[x], masks=[mask], device=torch.device("cpu"), energy=lambda: float(x[mask].pow(2).sum())
+        )
+
+    base = {n: layer_scale(walk(h), n) for n in ("residual", "median", "trimmed", "none")}
+    assert base["none"] == 1.0
+    for n in ("median", "trimmed"):  # on well-behaved states all three agree to within sampling
+        assert base[n] == pytest.approx(base["residual"], rel=0.15)
+    sink = h.clone()
+    sink[0, 0] *= 100.0  # one attention-sink token carrying 10⁴× the energy
+    massive = h.clone()
+    massive[..., 7] *= 100.0  # one massive-activation dimension
+    assert layer_scale(walk(sink), "residual") > 100 * base["residual"]
+    assert layer_scale(walk(sink), "median") == pytest.approx(base["median"], rel=0.05)
+    assert layer_scale(walk(massive), "residual") > 20 * base["residual"]
+    assert layer_scale(walk(massive), "trimmed") == pytest.approx(base["trimmed"], rel=0.02)
+    assert layer_scale(walk(massive), "median") > 20 * base["median"]  # per-token median: not its job
