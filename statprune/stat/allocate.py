@@ -18,8 +18,9 @@ unweighted factorization); the final neuron counts re-cut at N' = ⌊mean_l k_l�
 Where ours differs from the release, and why:
 
 1. Shares: w_h = head FLOPs / unit FLOPs from our FLOPs model (the release hand-sets BERT
-   0.33772/0.66228 and OPT 3/7, 4/7, valid for those shapes only); μ is the fraction of the
-   prunable units' FLOPs kept. GQA: a head is a unit of ``gqa`` (a KV group by default), H = units
+   0.33772/0.66228 and OPT 3/7, 4/7: the same model's values for BERT-base at s = 30.55, QQP's
+   mean length, and for OPT-1.3B at s = d = 2048, so they hold for those settings only); μ is
+   the fraction of the prunable units' FLOPs kept. GQA: a head is a unit of ``gqa`` (a KV group by default), H = units
    per layer.
 2. FLOPs target: the release's counts meet μ only up to its shares, ⌊N⌋ and ties. Ours then takes
    neurons (heads only once no neuron can go) in ascending weighted error, or gives neurons back
@@ -47,6 +48,7 @@ squared error of keeping c heads, both normalised by ``error_norm``. It is in ne
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,6 +58,7 @@ from statprune.allocation import BlockCurve, threshold_fill
 from statprune.errors import StatpruneError
 
 Variant = Literal["encoder", "decoder"]
+log = logging.getLogger(__name__)
 _F64 = torch.float64
 _TINY = torch.finfo(_F64).tiny
 
@@ -187,12 +190,11 @@ def _take(scores: list[torch.Tensor], costs: list[float], amount: float, *, reac
     units whose FLOPs stay within ``amount``."""
     if reach:
         return threshold_fill(scores, costs, [0] * len(scores), amount)
-    vals = [s for s in scores]
-    owner = torch.cat([torch.full((len(s),), b, dtype=torch.long) for b, s in enumerate(vals)])
-    cost = torch.cat([torch.full((len(s),), costs[b], dtype=_F64) for b, s in enumerate(vals)])
+    owner = torch.cat([torch.full((len(s),), b, dtype=torch.long) for b, s in enumerate(scores)])
+    cost = torch.cat([torch.full((len(s),), costs[b], dtype=_F64) for b, s in enumerate(scores)])
     if not len(owner) or amount <= 0:
         return [0] * len(scores)
-    order = torch.argsort(torch.cat(vals), stable=True)
+    order = torch.argsort(torch.cat(scores), stable=True)
     n_take = int(
         torch.searchsorted(torch.cumsum(cost[order], 0), torch.tensor(amount, dtype=_F64), right=True)
     )
@@ -262,6 +264,12 @@ def reference_allocation(
         keep=(unit_flops - flops_to_remove) / unit_flops,
         head_share=head_flops / unit_flops,
         variant=variant,
+    )
+    log.info(
+        "reference allocation (%s): average heads h = %d, neuron budget N = %d",
+        variant,
+        choice.h,
+        choice.budget,
     )
     kept_h = [min(max(int(k), c.min_units), c.n_units) for k, c in zip(choice.heads, heads)]
     kept_n = [min(max(int(k), c.min_units), c.n_units) for k, c in zip(choice.neurons, neurons)]
