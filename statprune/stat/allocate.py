@@ -20,8 +20,8 @@ Where ours differs from the release, and why:
 1. Shares: w_h = head FLOPs / unit FLOPs from our FLOPs model (the release hand-sets BERT
    0.33772/0.66228 and OPT 3/7, 4/7: the same model's values for BERT-base at s = 30.55, QQP's
    mean length, and for OPT-1.3B at s = d = 2048, so they hold for those settings only); μ is
-   the fraction of the prunable units' FLOPs kept. GQA: a head is a unit of ``gqa`` (a KV group by default), H = units
-   per layer.
+   the fraction of the prunable units' FLOPs kept. GQA: a head is a unit of ``gqa`` (a KV group
+   by default), H = units per layer.
 2. FLOPs target: the release's counts meet μ only up to its shares, ⌊N⌋ and ties. Ours then takes
    neurons (heads only once no neuron can go) in ascending weighted error, or gives neurons back
    in descending weighted error, until the removed FLOPs meet the target within one unit, as every
