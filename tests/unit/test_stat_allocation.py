@@ -207,3 +207,22 @@ def test_real_tiny_model_with_identical_layers_is_not_degenerate(family, rule):
     frac = [s.intermediate / full for s in res.shapes_pruned]
     assert not (max(frac) == 1.0 and min(frac) < 0.5), frac
     assert max(frac) - min(frac) <= 0.6, frac
+
+
+@pytest.mark.parametrize(
+    ("family", "variant"), [("bert", "encoder"), ("distilbert", "encoder"), ("llama", "decoder")]
+)
+def test_reference_variant_follows_the_architecture(family, variant):
+    from statprune.adapters import get_adapter
+    from statprune.pruner import Target
+    from statprune.stat.prune import allocate
+    from tests.unit.tiny import tiny_model
+
+    ad = get_adapter(tiny_model(family))
+    curves = _identical_curves(8)
+    total = sum(c.n_units * c.unit_flops for c in curves)
+    target = Target(0.4, 20, flops_dense=total)
+    kept = allocate(ad, curves, target, StatOptions(allocation="reference", neuron_multiple=1))
+    other = {"encoder": "decoder", "decoder": "encoder"}[variant]
+    assert kept == reference_allocation(curves, target.flops_to_remove, variant=variant)
+    assert kept != reference_allocation(curves, target.flops_to_remove, variant=other)
