@@ -23,11 +23,15 @@ def _unit_columns(W2: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return W2.double() * inv[None, :]
 
 
-def neuron_curve(G: torch.Tensor, W2: torch.Tensor, *, rel_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(errors, pivot_values): errors[k] = ‖(Z − Ẑ_k) W2ᵀ‖_F² when keeping the first k pivots.
+def neuron_curve(
+    G: torch.Tensor, W2: torch.Tensor, *, rel_tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(errors, pivot_values, id_residual) when keeping the first k pivots of the scaled ID.
 
-    The error is exact for the pivot order chosen (trace of W2 S_k W2ᵀ with S_k the Schur complement),
-    so attention and FFN errors are in the same units for allocation.
+    errors[k] = ‖(Z − Ẑ_k) W2ᵀ‖_F², exact for the pivot order chosen (trace of W2 S_k W2ᵀ with S_k
+    the Schur complement), so attention and FFN errors are in the same units for allocation.
+    pivot_values[j] = |R_jj| and id_residual[k] = ‖R[k:, k:]‖_F = ‖ZD − (ZD)_k‖_F of the scaled
+    problem (what the released code reads); zero beyond the numerical rank.
     """
     G = G.double()
     Gs, D = _scaled(G, W2)
@@ -42,7 +46,9 @@ def neuron_curve(G: torch.Tensor, W2: torch.Tensor, *, rel_tol: float) -> tuple[
     errors[chol.rank + 1 :] = errors[chol.rank]
     pivots = torch.zeros(n, dtype=torch.float64)
     pivots[: chol.rank] = chol.pivot_values.cpu()
-    return errors, pivots
+    id_residual = torch.zeros(n + 1, dtype=torch.float64)
+    id_residual[: chol.rank + 1] = chol.residual.clamp_min(0.0).sqrt()
+    return errors, pivots, id_residual
 
 
 def _kept_set(chol: PivotedCholesky, k: int, G: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,19 @@ moves one layer at a time to ``device`` in both walks (statprune/streaming.py), 
 copied ahead while the current one computes; the pruned model ends in host memory, where it was.
 ``auto`` (default) streams when a host model's weights exceed 3/4 of the device's free memory,
 else moves the whole model to ``device`` (where it stays); ``device`` always moves it.
+
+Allocation (``allocation``): ``reference`` is the released code's rule, i.e. the paper's (encoder or
+decoder variant by ``adapter.causal``; every difference from the release is listed in
+:mod:`statprune.stat.allocate`); ``share`` is this project's fixed head/FFN FLOPs share with a
+per-type threshold on depth-weighted errors (``paper`` is its deprecated old name); ``greedy``
+removes the unit with the least error increase per FLOP across all blocks. The default stays
+``share`` until a dev-split measurement decides.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -45,7 +53,7 @@ from statprune.calibration import Calibration, Gram, LayerWalk
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
-from statprune.stat.allocate import paper_allocation
+from statprune.stat.allocate import StatCurve, reference_allocation, share_allocation
 from statprune.stat.heads import head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
@@ -55,11 +63,12 @@ from statprune.timing import StageTimer
 
 @dataclass(frozen=True)
 class StatOptions:
-    allocation: Literal["greedy", "paper"] = "paper"  # measured better: README "Results"
+    # share: measured better than greedy (README "Results"); reference (the paper's) not yet measured
+    allocation: Literal["greedy", "share", "reference", "paper"] = "share"
     correction: bool = True
     repropagate: bool = True
     gqa: Literal["group", "uniform"] = "group"
-    error_norm: Literal["residual", "none"] = "residual"
+    error_norm: Literal["residual", "median", "trimmed", "none"] = "residual"
     head_share: float | None = None
     rel_tol: float = 1e-12
     device: str | None = None
@@ -73,6 +82,14 @@ class StatOptions:
     weights: Literal["auto", "device", "stream"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
+            warnings.warn(
+                "allocation=paper is deprecated and means allocation=share (the paper's rule is "
+                "allocation=reference)",
+                FutureWarning,
+                stacklevel=3,
+            )
+            object.__setattr__(self, "allocation", "share")
         if not 0.0 < self.sketch_ratio <= 1.0:
             raise StatpruneError(f"sketch_ratio must be in (0, 1], got {self.sketch_ratio}")
         if self.neuron_multiple < 1:
@@ -155,6 +172,33 @@ def _hooks(grams: dict, timer: _Timer | None = None) -> dict:
     return {mod: timed(acc) for mod, acc in grams.values()}
 
 
+def layer_scale(walk: LayerWalk, norm: str) -> float:
+    """Energy of the layer's input hidden states (real tokens) that its errors are divided by.
+
+    ``residual``: the squared Frobenius norm, which a few outliers can dominate in a decoder.
+    ``median``: tokens × the median per-token energy (ignores a few outlier tokens, e.g. attention
+    sinks); ``trimmed``: the per-dimension energies without the largest 1% of dimensions (at least
+    one), rescaled to all dimensions (ignores a few massive-activation dimensions). ``none``: 1.
+    """
+    if norm == "none":
+        return 1.0
+    if norm == "residual":
+        return walk.energy()
+    per_token, per_dim = [], 0.0
+    for h, m in zip(walk.hidden, walk.masks):  # one batch at a time: no second copy of the walk
+        sq = h.to(walk.device)[m].double().pow(2)
+        per_token.append(sq.sum(1))
+        per_dim = per_dim + sq.sum(0)
+    if norm == "median":
+        tokens = torch.cat(per_token)
+        return float(tokens.median()) * len(tokens)
+    if norm == "trimmed":
+        d = len(per_dim)
+        keep = d - max(1, d // 100)
+        return float(torch.sort(per_dim).values[:keep].sum()) * d / keep
+    raise StatpruneError(f"unknown error_norm {norm!r}")
+
+
 def measure_curves(
     adapter: Adapter,
     walk: LayerWalk,
@@ -166,7 +210,7 @@ def measure_curves(
 ) -> list[BlockCurve]:
     curves: list[BlockCurve] = []
     for i in tqdm(range(adapter.num_layers), desc="stat: measure", disable=not progress):
-        scale = walk.energy() if opts.error_norm == "residual" else 1.0
+        scale = layer_scale(walk, opts.error_norm)
         _fetch(walk, i, timer)
         grams = _grams(adapter, i, walk.device, True, True, opts, seed, 0)
         with timer("calibration_forward"):
@@ -177,7 +221,7 @@ def measure_curves(
             G_att = grams["heads"][1].G
             units = head_units(G_att, shape, opts.gqa, rel_tol=opts.rel_tol)
             h_err = head_curve(G_att, adapter.out_proj(i).weight, units, shape.head_dim, rel_tol=opts.rel_tol)
-            n_err, piv = neuron_curve(
+            n_err, piv, id_res = neuron_curve(
                 grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol
             )
         unit_size = len(units[0])
@@ -186,8 +230,18 @@ def measure_curves(
             if opts.gqa == "group" or shape.group_size == 1
             else unit_size * costs.q_head
         )
-        curves.append(BlockCurve(i, "heads", h_err / scale, head_unit_flops))
-        curves.append(BlockCurve(i, "neurons", n_err / scale, costs.neuron, pivots=piv / scale**0.5))
+        curves.append(StatCurve(i, "heads", h_err / scale, head_unit_flops, raw=h_err.sqrt()))
+        curves.append(
+            StatCurve(
+                i,
+                "neurons",
+                n_err / scale,
+                costs.neuron,
+                pivots=piv / scale**0.5,
+                raw=piv,
+                id_residual=id_res,
+            )
+        )
         _release(walk, i, timer, modified=False)
         walk.advance(outs)
     return curves
@@ -198,12 +252,15 @@ def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: S
     to_remove = target.flops_to_remove
     if opts.allocation == "greedy":
         kept = greedy_allocation(curves, to_remove)
+    elif opts.allocation == "reference":
+        variant = "decoder" if adapter.causal else "encoder"
+        kept = reference_allocation(curves, to_remove, variant=variant)
     else:
         share = opts.head_share
         if share is None:
             attention = sum(layer_flops(adapter, i, target.seq_len)[0] for i in range(adapter.num_layers))
             share = attention / target.dense
-        kept = paper_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
+        kept = share_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
     return round_neurons(kept, curves, opts.neuron_multiple, to_remove)
 
 

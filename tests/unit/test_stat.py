@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,7 +69,7 @@ def test_exact_rank_is_reproduced_with_correction(family, repropagate):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("allocation", ["greedy", "paper"])
+@pytest.mark.parametrize("allocation", ["greedy", "share", "reference"])
 @pytest.mark.parametrize("sparsity", [0.15, 0.3, 0.55])
 def test_flops_target_met_within_one_unit(family, allocation, sparsity):
     model = tiny_model(family)
@@ -139,3 +140,111 @@ def test_nan_activations_are_a_clear_error():
         get_adapter(model).down_proj(0).weight[0, 0] = float("nan")
     with pytest.raises(StatpruneError, match="NaN/inf"):
         prune(model, random_calibration(), Target(0.3, 20), options=QUIET)
+
+
+# --- error curves and head ranking against independent computations ------------------------------
+
+
+def _lstsq_residual(A: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """A minus its least-squares fit on the kept columns (zero there), by torch.linalg.lstsq."""
+    if len(kept) == 0:
+        return A.clone()
+    X = torch.linalg.lstsq(A[:, kept], A).solution
+    return A - A[:, kept] @ X
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neuron_curve_is_the_least_squares_error_of_every_count(seed):
+    import scipy.linalg
+
+    from statprune.stat.neurons import neuron_curve
+
+    g = torch.Generator().manual_seed(seed)
+    N, n, d = 60, 12, 7
+    Z = torch.randn(N, n, dtype=torch.float64, generator=g) @ torch.randn(
+        n, n, dtype=torch.float64, generator=g
+    )
+    W2 = torch.randn(d, n, dtype=torch.float64, generator=g) * torch.rand(n, dtype=torch.float64, generator=g)
+    errors, pivots, id_res = neuron_curve(Z.T @ Z, W2, rel_tol=1e-12)
+    D = W2.norm(dim=0)
+    _, R, P = scipy.linalg.qr((Z * D).numpy(), pivoting=True, mode="economic")
+    assert pivots.numpy() == pytest.approx(abs(R.diagonal()), rel=1e-8)
+    for k in range(n + 1):
+        E = _lstsq_residual(Z, torch.as_tensor(P[:k]))
+        assert float(errors[k]) == pytest.approx(float((E @ W2.T).pow(2).sum()), rel=1e-7, abs=1e-9)
+        assert float(id_res[k]) == pytest.approx(float(np.linalg.norm(R[k:, k:])), rel=1e-7, abs=1e-9)
+
+
+def _head_matrix(C: torch.Tensor, kv: int, g: int, hd: int) -> torch.Tensor:
+    """One column per KV group; rows are (token, query head in the group, within-head dim) triples."""
+    N = C.shape[0]
+    return C.reshape(N, kv, g, hd).permute(0, 2, 3, 1).reshape(N * g * hd, kv)
+
+
+@pytest.mark.parametrize(("heads", "kv"), [(6, 6), (6, 3)])
+def test_head_units_match_column_pivoted_qr_of_the_reshaped_outputs(heads, kv):
+    import scipy.linalg
+
+    from statprune.adapters import LayerShape
+    from statprune.stat.heads import head_units
+
+    hd = 4
+    g = torch.Generator().manual_seed(heads + kv)
+    C = torch.randn(50, heads * hd, dtype=torch.float64, generator=g) * torch.rand(
+        heads * hd, dtype=torch.float64, generator=g
+    )
+    units = head_units(C.T @ C, LayerShape(heads, kv, hd, 8), "group", rel_tol=1e-12)
+    _, _, P = scipy.linalg.qr(_head_matrix(C, kv, heads // kv, hd).numpy(), pivoting=True, mode="economic")
+    group = heads // kv
+    assert [int(u[0]) // group for u in units] == P.tolist()
+    assert all(u.tolist() == list(range(int(u[0]), int(u[0]) + group)) for u in units)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_head_curve_is_the_block_least_squares_error_of_every_count(seed):
+    from statprune.adapters import LayerShape, head_dims
+    from statprune.stat.heads import head_curve, head_units
+
+    H, hd, d = 5, 3, 6
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(40, H * hd, dtype=torch.float64, generator=g) @ torch.randn(
+        H * hd, H * hd, dtype=torch.float64, generator=g
+    )
+    W_O = torch.randn(d, H * hd, dtype=torch.float64, generator=g)
+    G = C.T @ C
+    units = head_units(G, LayerShape(H, H, hd, 8), "group", rel_tol=1e-12)
+    errors = head_curve(G, W_O, units, hd, rel_tol=1e-12)
+    for k in range(H + 1):
+        kept = head_dims(torch.cat(units[:k]), hd) if k else torch.zeros(0, dtype=torch.long)
+        E = _lstsq_residual(C, kept)
+        assert float(errors[k]) == pytest.approx(float((E @ W_O.T).pow(2).sum()), rel=1e-7, abs=1e-9)
+
+
+def test_robust_error_norms_ignore_sink_tokens_and_massive_dimensions():
+    from types import SimpleNamespace
+
+    from statprune.stat.prune import layer_scale
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 10, 200, dtype=torch.float64, generator=g)  # 20 tokens, 200 dims
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 8:] = False  # padding never counts
+
+    def walk(x):
+        return SimpleNamespace(
+            hidden=[x], masks=[mask], device=torch.device("cpu"), energy=lambda: float(x[mask].pow(2).sum())
+        )
+
+    base = {n: layer_scale(walk(h), n) for n in ("residual", "median", "trimmed", "none")}
+    assert base["none"] == 1.0
+    for n in ("median", "trimmed"):  # on well-behaved states all three agree to within sampling
+        assert base[n] == pytest.approx(base["residual"], rel=0.15)
+    sink = h.clone()
+    sink[0, 0] *= 100.0  # one attention-sink token carrying 10⁴× the energy
+    massive = h.clone()
+    massive[..., 7] *= 100.0  # one massive-activation dimension
+    assert layer_scale(walk(sink), "residual") > 100 * base["residual"]
+    assert layer_scale(walk(sink), "median") == pytest.approx(base["median"], rel=0.05)
+    assert layer_scale(walk(massive), "residual") > 20 * base["residual"]
+    assert layer_scale(walk(massive), "trimmed") == pytest.approx(base["trimmed"], rel=0.02)
+    assert layer_scale(walk(massive), "median") > 20 * base["median"]  # per-token median: not its job
