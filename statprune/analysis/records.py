@@ -51,6 +51,7 @@ CONFIG_COLUMNS = (
     "dtype",
     "device",
     "finetune",
+    "eval_split",
 )
 # what defines one cell of a table/plot point: the config minus the seed and the execution details
 CELL_KEYS = (
@@ -65,6 +66,7 @@ CELL_KEYS = (
     "max_length",
     "dtype",
     "finetune",
+    "eval_split",
 )
 VALUE_COLUMNS = (
     "sparsity_achieved",

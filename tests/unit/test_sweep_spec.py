@@ -199,7 +199,7 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
     ("name", "runs"),
     [
         ("ci_tiny.toml", 8),
-        ("minilm_movie.toml", 48),
+        ("minilm_movie.toml", 108),
         ("smollm2_sotu.toml", 36),
         ("smollm2_sotu_cpu.toml", 12),
         ("calib_ablation.toml", 111),
