@@ -9,7 +9,8 @@ target, so the target is met within one unit (:func:`round_neurons`: within one 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,6 +25,11 @@ class BlockCurve:
     unit_flops: float
     pivots: torch.Tensor | None = None  # neurons: |R_jj| in pivot order (paper rule)
     min_units: int = 1
+    max_units: int | None = None  # at most this many kept (a forced removal); None = n_units
+
+    @property
+    def max_kept(self) -> int:
+        return self.n_units if self.max_units is None else self.max_units
 
     @property
     def n_units(self) -> int:
@@ -111,7 +117,8 @@ def round_neurons(kept: dict, curves: list[BlockCurve], multiple: int, to_remove
     rounded = []
     for k, c in by_key.items():
         n = kept[k]
-        if c.kind == "neurons" and multiple <= n < c.n_units and n % multiple:
+        down_ok = n // multiple * multiple >= c.min_units  # a bound (min_units) is never crossed
+        if c.kind == "neurons" and multiple <= n < c.n_units and n % multiple and down_ok:
             out[k] = n // multiple * multiple
             removed += (n - out[k]) * c.unit_flops
             rounded.append(k)
@@ -123,7 +130,7 @@ def round_neurons(kept: dict, curves: list[BlockCurve], multiple: int, to_remove
     for k in sorted(rounded, key=lambda k: (-gain(k), k)):
         c = by_key[k]
         up = min(out[k] + multiple, c.n_units)
-        if removed - (up - out[k]) * c.unit_flops >= to_remove:
+        if up <= c.max_kept and removed - (up - out[k]) * c.unit_flops >= to_remove:
             removed -= (up - out[k]) * c.unit_flops
             out[k] = up
     return out
@@ -188,3 +195,95 @@ def uniform_allocation(
     for b, c in enumerate(curves):
         kept[(c.layer, c.kind)] = c.n_units - removed_units[b]
     return kept
+
+
+# --- bounds (OWL-style ±δ per layer, protected layers) -------------------------------------------
+
+
+def parse_protect(spec: str | int | None, num_layers: int) -> set[int]:
+    """Layers left untouched: an int N (the first and last N) or ``"first:a,last:b"``."""
+    if spec is None or spec == "" or spec == 0:
+        return set()
+    if isinstance(spec, int) or str(spec).isdigit():
+        first = last = int(spec)
+    else:
+        parts = dict(p.split(":") for p in str(spec).split(","))
+        if not set(parts) <= {"first", "last"}:
+            raise ValueError(f"protect_layers: expected an int or 'first:a,last:b', got {spec!r}")
+        first, last = int(parts.get("first", 0)), int(parts.get("last", 0))
+    return set(range(min(first, num_layers))) | set(range(max(num_layers - last, 0), num_layers))
+
+
+def bound_curves(
+    curves: list[BlockCurve], flops_to_remove: float, *, delta: float | None, protect: set[int]
+) -> list[BlockCurve]:
+    """Copies of ``curves`` with kept-count bounds (``min_units``/``max_units``) the rules then honour.
+
+    Protected layers keep every unit. With δ, every other block (a layer's attention, its FFN) removes
+    a fraction of its own FLOPs within [t − δ, t + δ], t = ``flops_to_remove`` over the unprotected
+    blocks' FLOPs (what an average layer must give). Bounding each block bounds the layer. A coarse
+    block with no count inside the band (3 KV groups, small δ) gets the counts just either side of
+    t·n: its band is widened to the granularity, never more.
+    """
+    free = sum(c.n_units * c.unit_flops for c in curves if c.layer not in protect)
+    t = flops_to_remove / free if free > 0 else 0.0
+    out = []
+    for c in curves:
+        n = c.n_units
+        if c.layer in protect:
+            out.append(replace(c, min_units=n, max_units=n))
+            continue
+        if delta is None:
+            out.append(c)
+            continue
+        eps = 1e-9
+        lo_r = math.ceil(n * max(t - delta, 0.0) - eps)  # fewest units removed
+        hi_r = math.floor(n * min(t + delta, 1.0) + eps)  # most units removed
+        if lo_r > hi_r:
+            lo_r, hi_r = math.floor(n * t + eps), math.ceil(n * t - eps)
+        min_units = max(c.min_units, n - hi_r)
+        out.append(replace(c, min_units=min(min_units, n), max_units=max(n - lo_r, min(min_units, n))))
+    return out
+
+
+def _removed(kept: dict, curves: list[BlockCurve]) -> float:
+    return sum((c.n_units - kept[(c.layer, c.kind)]) * c.unit_flops for c in curves)
+
+
+def enforce_bounds(kept: dict, curves: list[BlockCurve], flops_to_remove: float) -> dict:
+    """Clamp each block to [min_units, max_kept], then restore the FLOPs target within one unit.
+
+    Short of the target: remove more, least error increase per FLOP first (each block's marginal
+    errors made nondecreasing), inside the bounds. Over it: give units back, largest error decrease
+    per FLOP first, while the target still holds. The fill reads ``errors`` (greedy's criterion)
+    whatever rule made ``kept``.
+    """
+    out = {}
+    for c in curves:
+        k = (c.layer, c.kind)
+        out[k] = min(max(kept[k], c.min_units), c.max_kept)
+    short = flops_to_remove - _removed(out, curves)
+    if short > 0:
+        scores = []
+        for c in curves:
+            k = out[(c.layer, c.kind)]
+            # removing the r-th more unit: kept k − r + 1 → k − r
+            inc = (c.errors[c.min_units : k].flip(0) - c.errors[c.min_units + 1 : k + 1].flip(0)).double()
+            scores.append(torch.cummax(inc / c.unit_flops, 0).values if len(inc) else inc)
+        removed = threshold_fill(scores, [c.unit_flops for c in curves], [0] * len(curves), short)
+        for r, c in zip(removed, curves):
+            out[(c.layer, c.kind)] -= r
+    surplus = _removed(out, curves) - flops_to_remove
+    while surplus > 0:  # one unit at a time: blocks are few, and a block's units come back in order
+        best, best_gain = None, -math.inf
+        for c in curves:
+            j = out[(c.layer, c.kind)]
+            if j < c.max_kept and c.unit_flops <= surplus * (1 + 1e-9):
+                gain = float(c.errors[j] - c.errors[j + 1]) / c.unit_flops
+                if gain > best_gain:
+                    best, best_gain = c, gain
+        if best is None:
+            break
+        out[(best.layer, best.kind)] += 1
+        surplus -= best.unit_flops
+    return out

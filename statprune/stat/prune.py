@@ -48,7 +48,14 @@ from tqdm.auto import tqdm
 
 from statprune import runtime
 from statprune.adapters import Adapter
-from statprune.allocation import BlockCurve, greedy_allocation, round_neurons
+from statprune.allocation import (
+    BlockCurve,
+    bound_curves,
+    enforce_bounds,
+    greedy_allocation,
+    parse_protect,
+    round_neurons,
+)
 from statprune.calibration import Calibration, Gram, LayerWalk
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
@@ -80,6 +87,9 @@ class StatOptions:
     neuron_multiple: int = 8
     progress: bool = True
     weights: Literal["auto", "device", "stream"] = "auto"
+    # issue 15 variants (docs/STAT_VARIANTS.md); the defaults are today's behaviour
+    max_layer_departure: float | None = None  # δ: each block removes t ± δ of its own FLOPs
+    protect_layers: str | None = None  # "N" (first and last N) or "first:a,last:b": untouched
 
     def __post_init__(self) -> None:
         if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
@@ -94,6 +104,13 @@ class StatOptions:
             raise StatpruneError(f"sketch_ratio must be in (0, 1], got {self.sketch_ratio}")
         if self.neuron_multiple < 1:
             raise StatpruneError(f"neuron_multiple must be at least 1, got {self.neuron_multiple}")
+        if self.max_layer_departure is not None and not 0.0 <= self.max_layer_departure <= 1.0:
+            raise StatpruneError(f"max_layer_departure must be in [0, 1], got {self.max_layer_departure}")
+        if self.protect_layers is not None:
+            try:
+                parse_protect(self.protect_layers, 1)
+            except ValueError as e:
+                raise StatpruneError(str(e)) from None
 
 
 def _store_dtype(name: str) -> torch.dtype | None:
@@ -250,6 +267,10 @@ def measure_curves(
 def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: StatOptions) -> dict:
     """Kept heads and neurons per layer: the allocation rule, then widths in ``neuron_multiple``s."""
     to_remove = target.flops_to_remove
+    bounded = opts.max_layer_departure is not None or opts.protect_layers is not None
+    if bounded:
+        protect = parse_protect(opts.protect_layers, adapter.num_layers)
+        curves = bound_curves(curves, to_remove, delta=opts.max_layer_departure, protect=protect)
     if opts.allocation == "greedy":
         kept = greedy_allocation(curves, to_remove)
     elif opts.allocation == "reference":
@@ -261,6 +282,8 @@ def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: S
             attention = sum(layer_flops(adapter, i, target.seq_len)[0] for i in range(adapter.num_layers))
             share = attention / target.dense
         kept = share_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
+    if bounded:
+        kept = enforce_bounds(kept, curves, to_remove)
     return round_neurons(kept, curves, opts.neuron_multiple, to_remove)
 
 
