@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from statprune.adapters import Adapter, LayerShape, head_dims
+from statprune.stat.dense import ridge_correction
 from statprune.stat.id import interpolation_matrix, pivoted_cholesky
 
 
@@ -65,9 +66,21 @@ def head_curve(
 
 @torch.no_grad()
 def prune_heads(
-    adapter: Adapter, i: int, G: torch.Tensor, k_units: int, *, mode: str, correction: bool, rel_tol: float
+    adapter: Adapter,
+    i: int,
+    G: torch.Tensor,
+    k_units: int,
+    *,
+    mode: str,
+    correction: bool,
+    rel_tol: float,
+    cross: torch.Tensor | None = None,
+    damping: float = 0.0,
 ) -> None:
-    """Keep the first ``k_units`` units of layer ``i``; fold the least-squares fit into W_O."""
+    """Keep the first ``k_units`` units of layer ``i``; fold the least-squares fit into W_O.
+
+    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`.
+    """
     shape = adapter.layer_shape(i)
     units = head_units(G, shape, mode, rel_tol=rel_tol)
     if k_units >= len(units):
@@ -76,7 +89,9 @@ def prune_heads(
     kept_heads = torch.cat(units[:k_units]).sort().values
     kept_dims = head_dims(kept_heads, hd).to(G.device)
     W = adapter.out_proj(i).weight.detach().double().to(G.device)
-    if correction:
+    if correction and (cross is not None or damping > 0):
+        W_new = ridge_correction(W, G, cross, kept_dims, damping)
+    elif correction:
         chol = pivoted_cholesky(G.double(), blocks=_blocks(units[:k_units], hd, G.device), rel_tol=rel_tol)
         T = interpolation_matrix(chol, chol.rank, kept_dims, G.shape[0])
         W_new = W @ T.T

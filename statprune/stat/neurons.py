@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from statprune.adapters import Adapter
+from statprune.stat.dense import ridge_correction
 from statprune.stat.id import PivotedCholesky, interpolation_matrix, pivoted_cholesky
 
 
@@ -65,9 +66,20 @@ def _kept_set(chol: PivotedCholesky, k: int, G: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def prune_neurons(
-    adapter: Adapter, i: int, G: torch.Tensor, k: int, *, correction: bool, rel_tol: float
+    adapter: Adapter,
+    i: int,
+    G: torch.Tensor,
+    k: int,
+    *,
+    correction: bool,
+    rel_tol: float,
+    cross: torch.Tensor | None = None,
+    damping: float = 0.0,
 ) -> None:
-    """Keep ``k`` neurons of layer ``i`` chosen by the scaled ID; fold the interpolation into W2."""
+    """Keep ``k`` neurons of layer ``i`` chosen by the scaled ID; fold the interpolation into W2.
+
+    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`.
+    """
     down = adapter.down_proj(i)
     n = down.in_features
     if k >= n:
@@ -77,7 +89,9 @@ def prune_neurons(
     Gs, D = _scaled(G, W2)
     chol = pivoted_cholesky(Gs, max_steps=k, rel_tol=rel_tol)
     kept = _kept_set(chol, k, Gs).sort().values
-    if correction:
+    if correction and (cross is not None or damping > 0):
+        W_new = ridge_correction(W2, G, cross, kept, damping)
+    elif correction:
         T = interpolation_matrix(chol, chol.rank, kept, n)  # scaled space: Z D ≈ (Z D)[:, kept] T
         W_new = (_unit_columns(W2, D) @ T.T) * D[kept][None, :]
     else:

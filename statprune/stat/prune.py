@@ -61,6 +61,7 @@ from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
 from statprune.stat.allocate import StatCurve, reference_allocation, share_allocation
+from statprune.stat.dense import PairedGrams, dense_walk
 from statprune.stat.heads import head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
@@ -90,6 +91,8 @@ class StatOptions:
     # issue 15 variants (docs/STAT_VARIANTS.md); the defaults are today's behaviour
     max_layer_departure: float | None = None  # δ: each block removes t ± δ of its own FLOPs
     protect_layers: str | None = None  # "N" (first and last N) or "first:a,last:b": untouched
+    correction_target: Literal["self", "dense"] = "self"  # fit the pruned or the dense sub-block output
+    damping: float = 0.0  # ridge λ of the correction, a fraction of the Gram's mean diagonal
 
     def __post_init__(self) -> None:
         if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
@@ -106,6 +109,12 @@ class StatOptions:
             raise StatpruneError(f"neuron_multiple must be at least 1, got {self.neuron_multiple}")
         if self.max_layer_departure is not None and not 0.0 <= self.max_layer_departure <= 1.0:
             raise StatpruneError(f"max_layer_departure must be in [0, 1], got {self.max_layer_departure}")
+        if self.damping < 0:
+            raise StatpruneError(f"damping must be non-negative, got {self.damping}")
+        if self.correction_target == "dense" and not self.repropagate:
+            raise StatpruneError("correction_target=dense needs repropagate=true (else it equals self)")
+        if self.correction_target == "dense" and self.sketch != "none":
+            raise StatpruneError("correction_target=dense takes exact Grams (sketch=none)")
         if self.protect_layers is not None:
             try:
                 parse_protect(self.protect_layers, 1)
@@ -296,6 +305,8 @@ def apply_pruning(
     progress: bool,
     seed: int = 0,
 ) -> None:
+    if opts.correction_target == "dense":
+        return _apply_dense_target(adapter, walk, kept, opts, timer, progress)
     for i in tqdm(range(adapter.num_layers), desc="stat: prune", disable=not progress):
         k_heads, k_neurons = kept[(i, "heads")], kept[(i, "neurons")]
         _fetch(walk, i, timer)
@@ -311,6 +322,7 @@ def apply_pruning(
                 mode=opts.gqa,
                 correction=opts.correction,
                 rel_tol=opts.rel_tol,
+                damping=opts.damping,
             )
         if opts.repropagate:
             grams = _grams(adapter, i, walk.device, False, True, opts, seed, 1)
@@ -318,13 +330,63 @@ def apply_pruning(
                 walk.run(i, _hooks(grams, timer), keep_outputs=False)
         with timer("weight_update"):
             prune_neurons(
-                adapter, i, grams["neurons"][1].G, k_neurons, correction=opts.correction, rel_tol=opts.rel_tol
+                adapter,
+                i,
+                grams["neurons"][1].G,
+                k_neurons,
+                correction=opts.correction,
+                rel_tol=opts.rel_tol,
+                damping=opts.damping,
             )
         if opts.repropagate:
             with timer("calibration_forward"):
                 outs = walk.run(i)
         _release(walk, i, timer, modified=True)
         walk.advance(outs)
+
+
+def _apply_dense_target(
+    adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptions, timer: _Timer, progress: bool
+) -> None:
+    """The apply walk with ``correction_target=dense``: a dense walk in lockstep (stat/dense.py)."""
+    if walk.stream is not None:
+        raise StatpruneError("correction_target=dense does not stream weights (weights=stream)")
+    with timer("calibration_forward"):
+        dense = dense_walk(walk)
+    for i in tqdm(range(adapter.num_layers), desc="stat: prune (dense target)", disable=not progress):
+        pair = PairedGrams(walk, dense, i)
+        with timer("calibration_forward"):
+            G, M, dense_outs = pair(adapter.out_proj(i), keep_dense=True)
+        with timer("weight_update"):
+            prune_heads(
+                adapter,
+                i,
+                G,
+                kept[(i, "heads")],
+                mode=opts.gqa,
+                correction=opts.correction,
+                rel_tol=opts.rel_tol,
+                cross=M,
+                damping=opts.damping,
+            )
+        with timer("calibration_forward"):
+            G, M, _ = pair(adapter.down_proj(i))
+        with timer("weight_update"):
+            prune_neurons(
+                adapter,
+                i,
+                G,
+                kept[(i, "neurons")],
+                correction=opts.correction,
+                rel_tol=opts.rel_tol,
+                cross=M,
+                damping=opts.damping,
+            )
+        with timer("calibration_forward"):
+            outs = walk.run(i)
+        del pair
+        walk.advance(outs)
+        dense.advance(dense_outs)
 
 
 def _fetch(walk: LayerWalk, i: int, timer: _Timer) -> None:

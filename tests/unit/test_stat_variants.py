@@ -1,6 +1,7 @@
 """Issue 15 variants of STAT: layer bounds, protected layers, dense-target damped correction,
 exact KV-group selection."""
 
+import itertools
 import math
 
 import pytest
@@ -137,3 +138,91 @@ def test_llama_share_residual_is_not_degenerate_with_bounds():
     assert not (max(frac) == 1.0 and min(frac) < 0.5), frac
     assert max(frac) - min(frac) <= 0.2 + 1.0 / full + 1e-9, frac
     assert res.sparsity_achieved >= 0.4 - 1e-9
+
+
+# --- correction against the dense model, damped ---------------------------------------------------
+
+
+def _acts(n=200, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(
+        d, d, generator=g, dtype=torch.float64
+    )
+
+
+def test_self_target_without_damping_is_todays_interpolation():
+    from statprune.stat.dense import ridge_correction
+    from statprune.stat.id import interpolation_matrix, pivoted_cholesky
+
+    C = _acts()
+    G = C.T @ C
+    W = torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    chol = pivoted_cholesky(G, max_steps=7, rel_tol=1e-12)
+    kept = chol.perm[:7].sort().values
+    today = W @ interpolation_matrix(chol, chol.rank, kept, 12).T
+    assert torch.allclose(ridge_correction(W, G, None, kept, 0.0), today, atol=1e-8)
+    assert torch.allclose(ridge_correction(W, G, G, kept, 0.0), today, atol=1e-8)
+
+
+def test_dense_target_recovers_the_dense_output_exactly():
+    """Dense activations that are a linear function of the pruned model's kept ones: exact fit."""
+    from statprune.stat.dense import ridge_correction
+
+    C_p = _acts()
+    kept = torch.tensor([0, 2, 3, 7, 9, 10, 11])
+    A = torch.randn(7, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    C_d = C_p[:, kept] @ A
+    W = torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    W_new = ridge_correction(W, C_p.T @ C_p, C_p.T @ C_d, kept, 0.0)
+    assert torch.allclose(C_p[:, kept] @ W_new.T, C_d @ W.T, atol=1e-8)
+    W_self = ridge_correction(W, C_p.T @ C_p, None, kept, 0.0)  # the self target does not
+    assert not torch.allclose(C_p[:, kept] @ W_self.T, C_d @ W.T, atol=1e-3)
+
+
+def test_damping_shrinks_the_correction_monotonically():
+    from statprune.stat.dense import ridge_correction
+
+    C_p, C_d = _acts(), _acts(seed=5)
+    kept = torch.tensor([1, 4, 5, 8])
+    W = torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for M in (None, C_p.T @ C_d):
+        norms = [
+            float((ridge_correction(W, C_p.T @ C_p, M, kept, lam) - W[:, kept]).norm())
+            for lam in (0.0, 1e-3, 1e-2, 0.1, 1.0, 10.0, 1e4)
+        ]
+        assert all(a > b for a, b in itertools.pairwise(norms)), norms
+        assert norms[-1] < 1e-2 * norms[0]  # λ → ∞: no correction
+
+
+def test_dense_target_on_a_tiny_llama():
+    """Layer 0 sees identical pruned and dense inputs: its W_O fit equals self's; later layers differ;
+    the dense target's final hidden states are closer to the dense model's on the calibration set."""
+    from statprune.adapters import get_adapter
+    from statprune.calibration import LayerWalk
+    from statprune.pruner import Target, prune
+    from tests.unit.tiny import random_calibration, tiny_model
+
+    calib = random_calibration(n=24)
+
+    def run(**opts):
+        torch.manual_seed(0)
+        model = tiny_model("llama", layers=3)
+        prune(model, calib, Target(0.4, 20), options={"progress": False, "neuron_multiple": 1, **opts})
+        return model
+
+    torch.manual_seed(0)
+    dense = tiny_model("llama", layers=3)
+    a, b = run(), run(correction_target="dense")
+    ad, bd = get_adapter(a), get_adapter(b)
+    assert torch.allclose(ad.out_proj(0).weight, bd.out_proj(0).weight, atol=1e-4)
+    assert not torch.allclose(ad.down_proj(2).weight, bd.down_proj(2).weight, atol=1e-4)
+
+    def final(model):
+        w = LayerWalk(get_adapter(model), calib)
+        for i in range(3):
+            w.advance(w.run(i))
+        return torch.cat([h[m] for h, m in zip(w.hidden, w.masks)]).double()
+
+    ref = final(dense)
+    err_self, err_dense = (final(a) - ref).norm(), (final(b) - ref).norm()
+    assert err_dense < err_self, (float(err_dense), float(err_self))
