@@ -14,6 +14,8 @@ every group (``gqa="uniform"``, same count per group, K/V kept).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from statprune.adapters import Adapter, LayerShape, head_dims
@@ -46,6 +48,69 @@ def head_units(G: torch.Tensor, shape: LayerShape, mode: str, *, rel_tol: float)
     return [torch.tensor([grp[u] for grp in per_group]) for u in range(g)]
 
 
+EXACT_MAX_UNITS = 8  # C(8, 4) = 70 subsets: enumeration stays cheap
+
+
+def subset_error(G: torch.Tensor, W: torch.Tensor, dims: torch.Tensor, total: float) -> float:
+    """‖(C − Ĉ_S) W_Oᵀ‖_F² of keeping dims S with the least-squares correction, from the Gram."""
+    if len(dims) == 0:
+        return total
+    B = W @ G[:, dims]  # out × |S|
+    A = G[dims][:, dims]
+    chol, info = torch.linalg.cholesky_ex(A)
+    if int(info) == 0:
+        explained = float((B * torch.cholesky_solve(B.T, chol).T).sum())
+    else:
+        explained = float((B @ torch.linalg.pinv(A, hermitian=True) * B).sum())
+    return max(total - explained, 0.0)
+
+
+def exact_units(
+    G: torch.Tensor, W_O: torch.Tensor, units: list[torch.Tensor], hd: int
+) -> tuple[torch.Tensor, list[list[int]]]:
+    """(errors[k], best[k]): for every k, the k-subset of ``units`` with the least output-space
+    error (every subset enumerated; ``head_selection=exact``) and that error."""
+    G = G.double()
+    W = W_O.detach().double().to(G.device)
+    total = float((W @ G * W).sum())
+    n = len(units)
+    errors = torch.zeros(n + 1, dtype=torch.float64)
+    best: list[list[int]] = []
+    for k in range(n + 1):
+        scored = []
+        for S in itertools.combinations(range(n), k):
+            dims = (
+                torch.cat([head_dims(units[u], hd) for u in S]).to(G.device)
+                if S
+                else torch.zeros(0, dtype=torch.long)
+            )
+            scored.append((subset_error(G, W, dims, total), S))
+        err, S = min(scored, key=lambda x: x[0])  # first on ties: the lexicographically smallest set
+        errors[k], best = err, [*best, list(S)]
+    return errors, best
+
+
+def select_units(
+    G: torch.Tensor,
+    W_O: torch.Tensor,
+    shape: LayerShape,
+    mode: str,
+    k: int,
+    *,
+    selection: str,
+    rel_tol: float,
+) -> list[torch.Tensor]:
+    """Units in pivoted-QR order, or (``selection=exact``, at most EXACT_MAX_UNITS units) with the
+    best k-subset moved to the front, so that keeping the first k keeps it."""
+    units = head_units(G, shape, mode, rel_tol=rel_tol)
+    if selection == "qr" or len(units) > EXACT_MAX_UNITS or k >= len(units):
+        return units
+    if selection != "exact":
+        raise ValueError(f"unknown head_selection {selection!r}")
+    chosen = exact_units(G, W_O, units, shape.head_dim)[1][k]
+    return [units[u] for u in chosen] + [u for j, u in enumerate(units) if j not in chosen]
+
+
 def _blocks(units: list[torch.Tensor], hd: int, device: torch.device) -> list[torch.Tensor]:
     return [head_dims(u, hd).to(device) for u in units]
 
@@ -76,13 +141,16 @@ def prune_heads(
     rel_tol: float,
     cross: torch.Tensor | None = None,
     damping: float = 0.0,
+    selection: str = "qr",
 ) -> None:
     """Keep the first ``k_units`` units of layer ``i``; fold the least-squares fit into W_O.
 
-    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`.
+    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`;
+    ``selection``: ``qr`` (the paper's pivoted-QR order) or ``exact`` (:func:`select_units`).
     """
     shape = adapter.layer_shape(i)
-    units = head_units(G, shape, mode, rel_tol=rel_tol)
+    W_O = adapter.out_proj(i).weight
+    units = select_units(G, W_O, shape, mode, k_units, selection=selection, rel_tol=rel_tol)
     if k_units >= len(units):
         return
     hd = shape.head_dim

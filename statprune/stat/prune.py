@@ -62,7 +62,7 @@ from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
 from statprune.stat.allocate import StatCurve, reference_allocation, share_allocation
 from statprune.stat.dense import PairedGrams, dense_walk
-from statprune.stat.heads import head_curve, head_units, prune_heads
+from statprune.stat.heads import EXACT_MAX_UNITS, exact_units, head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
 from statprune.stat.neurons import neuron_curve, prune_neurons
 from statprune.streaming import LayerStreamer, device_free_bytes, module_bytes, move_outside_layers
@@ -93,6 +93,7 @@ class StatOptions:
     protect_layers: str | None = None  # "N" (first and last N) or "first:a,last:b": untouched
     correction_target: Literal["self", "dense"] = "self"  # fit the pruned or the dense sub-block output
     damping: float = 0.0  # ridge λ of the correction, a fraction of the Gram's mean diagonal
+    head_selection: Literal["qr", "exact"] = "qr"  # exact: best subset of ≤ 8 head units, enumerated
 
     def __post_init__(self) -> None:
         if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
@@ -246,7 +247,12 @@ def measure_curves(
         with timer("factorization"):
             G_att = grams["heads"][1].G
             units = head_units(G_att, shape, opts.gqa, rel_tol=opts.rel_tol)
-            h_err = head_curve(G_att, adapter.out_proj(i).weight, units, shape.head_dim, rel_tol=opts.rel_tol)
+            if opts.head_selection == "exact" and len(units) <= EXACT_MAX_UNITS:
+                h_err = exact_units(G_att, adapter.out_proj(i).weight, units, shape.head_dim)[0]
+            else:
+                h_err = head_curve(
+                    G_att, adapter.out_proj(i).weight, units, shape.head_dim, rel_tol=opts.rel_tol
+                )
             n_err, piv, id_res = neuron_curve(
                 grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol
             )
@@ -323,6 +329,7 @@ def apply_pruning(
                 correction=opts.correction,
                 rel_tol=opts.rel_tol,
                 damping=opts.damping,
+                selection=opts.head_selection,
             )
         if opts.repropagate:
             grams = _grams(adapter, i, walk.device, False, True, opts, seed, 1)
@@ -368,6 +375,7 @@ def _apply_dense_target(
                 rel_tol=opts.rel_tol,
                 cross=M,
                 damping=opts.damping,
+                selection=opts.head_selection,
             )
         with timer("calibration_forward"):
             G, M, _ = pair(adapter.down_proj(i))

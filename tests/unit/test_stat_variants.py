@@ -226,3 +226,62 @@ def test_dense_target_on_a_tiny_llama():
     ref = final(dense)
     err_self, err_dense = (final(a) - ref).norm(), (final(b) - ref).norm()
     assert err_dense < err_self, (float(err_dense), float(err_self))
+
+
+# --- selection by output error (KV groups) --------------------------------------------------------
+
+
+def _brute_force_best(C, W, units, hd, k):
+    """Least-squares residual of every k-subset, from the activations themselves."""
+    from statprune.adapters import head_dims
+
+    best = None
+    Y = C @ W.T
+    for S in itertools.combinations(range(len(units)), k):
+        dims = torch.cat([head_dims(units[u], hd) for u in S])
+        X = torch.linalg.lstsq(C[:, dims], Y).solution
+        err = float((C[:, dims] @ X - Y).pow(2).sum())
+        if best is None or err < best[0] - 1e-9:
+            best = (err, set(S))
+    return best
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-gqa"])
+def test_exact_selection_matches_brute_force_on_a_tiny_model(family):
+    """Layer 0's o_proj inputs of a tiny (GQA) llama: exact_units' error and subset for every k are
+    the brute-force least-squares optimum, never worse than the pivoted-QR order's."""
+    from statprune.adapters import get_adapter
+    from statprune.calibration import LayerWalk
+    from statprune.stat.heads import exact_units, head_curve, head_units
+    from tests.unit.tiny import random_calibration, tiny_model
+
+    ad = get_adapter(tiny_model(family, layers=1, seed=3))
+    walk = LayerWalk(ad, random_calibration(n=16))
+    rows = []
+    walk.run(0, {ad.out_proj(0): lambda x, m: rows.append(x[m].double())}, keep_outputs=False)
+    C = torch.cat(rows)
+    G, W = C.T @ C, ad.out_proj(0).weight.detach().double()
+    shape = ad.layer_shape(0)
+    units = head_units(G, shape, "group", rel_tol=1e-12)
+    errors, best = exact_units(G, W, units, shape.head_dim)
+    qr = head_curve(G, W, units, shape.head_dim, rel_tol=1e-12)
+    for k in range(1, len(units)):
+        err, S = _brute_force_best(C, W, units, shape.head_dim, k)
+        assert float(errors[k]) == pytest.approx(err, rel=1e-6, abs=1e-9)
+        assert set(best[k]) == S
+        assert float(errors[k]) <= float(qr[k]) * (1 + 1e-9)
+
+
+def test_exact_head_selection_prunes_a_tiny_gqa_model():
+    from statprune.pruner import Target, prune
+    from tests.unit.tiny import random_calibration, tiny_model
+
+    calib = random_calibration(n=16)
+    res = prune(
+        tiny_model("llama", layers=2),
+        calib,
+        Target(0.4, 20),
+        options={"progress": False, "head_selection": "exact", "neuron_multiple": 1},
+    )
+    assert res.sparsity_achieved >= 0.4 - 1e-9
+    assert any(s.num_heads < 4 for s in res.shapes_pruned), res.shapes_pruned
