@@ -60,7 +60,7 @@ from statprune.calibration import Calibration, Gram, LayerWalk
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
-from statprune.stat.allocate import StatCurve, reference_allocation, share_allocation
+from statprune.stat.allocate import StatCurve, exp_depth_fit, reference_allocation, share_allocation
 from statprune.stat.dense import PairedGrams, dense_walk
 from statprune.stat.heads import EXACT_MAX_UNITS, exact_units, head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
@@ -76,7 +76,7 @@ class StatOptions:
     correction: bool = True
     repropagate: bool = True
     gqa: Literal["group", "uniform"] = "group"
-    error_norm: Literal["residual", "median", "trimmed", "none"] = "residual"
+    error_norm: Literal["residual", "median", "trimmed", "none", "depth_fit"] = "residual"
     head_share: float | None = None
     rel_tol: float = 1e-12
     device: str | None = None
@@ -205,9 +205,10 @@ def layer_scale(walk: LayerWalk, norm: str) -> float:
     ``residual``: the squared Frobenius norm, which a few outliers can dominate in a decoder.
     ``median``: tokens × the median per-token energy (ignores a few outlier tokens, e.g. attention
     sinks); ``trimmed``: the per-dimension energies without the largest 1% of dimensions (at least
-    one), rescaled to all dimensions (ignores a few massive-activation dimensions). ``none``: 1.
+    one), rescaled to all dimensions (ignores a few massive-activation dimensions). ``none`` and
+    ``depth_fit`` (applied once every layer is measured, :func:`depth_fit_normalise`): 1.
     """
-    if norm == "none":
+    if norm in ("none", "depth_fit"):
         return 1.0
     if norm == "residual":
         return walk.energy()
@@ -224,6 +225,21 @@ def layer_scale(walk: LayerWalk, norm: str) -> float:
         keep = d - max(1, d // 100)
         return float(torch.sort(per_dim).values[:keep].sum()) * d / keep
     raise StatpruneError(f"unknown error_norm {norm!r}")
+
+
+def depth_fit_normalise(curves: list[BlockCurve]) -> None:
+    """``error_norm=depth_fit``: per kind, divide layer l's errors by exp(a·l + b), the least-squares
+    line through (l, log errors_l[0]) — the released decoder code's smoothed depth fit (there on
+    norms; on squared errors the fit is its square) — in place. Raw statistics are left alone."""
+    for kind in ("heads", "neurons"):
+        blocks = sorted((c for c in curves if c.kind == kind), key=lambda c: c.layer)
+        if not blocks:
+            continue
+        fit = exp_depth_fit(torch.stack([c.errors[0] for c in blocks]))
+        for c, f in zip(blocks, fit.tolist()):
+            c.errors = c.errors / f
+            if c.pivots is not None:
+                c.pivots = c.pivots / f**0.5
 
 
 def measure_curves(
@@ -276,6 +292,8 @@ def measure_curves(
         )
         _release(walk, i, timer, modified=False)
         walk.advance(outs)
+    if opts.error_norm == "depth_fit":
+        depth_fit_normalise(curves)
     return curves
 
 
