@@ -33,6 +33,12 @@ decoder variant by ``adapter.causal``; every difference from the release is list
 per-type threshold on depth-weighted errors (``paper`` is its deprecated old name); ``greedy``
 removes the unit with the least error increase per FLOP across all blocks. The default stays
 ``share`` until a dev-split measurement decides.
+
+Issue 15 variants, all off by default (docs/STAT_VARIANTS.md): ``max_layer_departure`` /
+``protect_layers`` bound each block's removal (:func:`statprune.allocation.bound_curves`);
+``correction_target=dense`` and ``damping`` change the correction (:mod:`statprune.stat.dense`);
+``head_selection=exact`` enumerates head-unit subsets; ``error_norm=depth_fit`` smooths the layer
+normalisation over depth; ``rounds`` re-measures between parts of the budget.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ class StatOptions:
     correction_target: Literal["self", "dense"] = "self"  # fit the pruned or the dense sub-block output
     damping: float = 0.0  # ridge λ of the correction, a fraction of the Gram's mean diagonal
     head_selection: Literal["qr", "exact"] = "qr"  # exact: best subset of ≤ 8 head units, enumerated
+    rounds: int = 1  # iterated allocation: r/R of the budget per round, re-measured in between
 
     def __post_init__(self) -> None:
         if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
@@ -110,6 +117,10 @@ class StatOptions:
             raise StatpruneError(f"neuron_multiple must be at least 1, got {self.neuron_multiple}")
         if self.max_layer_departure is not None and not 0.0 <= self.max_layer_departure <= 1.0:
             raise StatpruneError(f"max_layer_departure must be in [0, 1], got {self.max_layer_departure}")
+        if self.rounds < 1:
+            raise StatpruneError(f"rounds must be at least 1, got {self.rounds}")
+        if self.rounds > 1 and self.allocation == "reference":
+            raise StatpruneError("rounds > 1 needs allocation=share or greedy (reference needs equal layers)")
         if self.damping < 0:
             raise StatpruneError(f"damping must be non-negative, got {self.damping}")
         if self.correction_target == "dense" and not self.repropagate:
@@ -297,9 +308,18 @@ def measure_curves(
     return curves
 
 
-def allocate(adapter: Adapter, curves: list[BlockCurve], target: Target, opts: StatOptions) -> dict:
-    """Kept heads and neurons per layer: the allocation rule, then widths in ``neuron_multiple``s."""
-    to_remove = target.flops_to_remove
+def allocate(
+    adapter: Adapter,
+    curves: list[BlockCurve],
+    target: Target,
+    opts: StatOptions,
+    to_remove: float | None = None,
+) -> dict:
+    """Kept heads and neurons per layer: the allocation rule, then widths in ``neuron_multiple``s.
+
+    ``to_remove``: FLOPs still to remove (a later round of ``rounds``); default the whole target.
+    """
+    to_remove = target.flops_to_remove if to_remove is None else to_remove
     bounded = opts.max_layer_departure is not None or opts.protect_layers is not None
     if bounded:
         protect = parse_protect(opts.protect_layers, adapter.num_layers)
@@ -475,12 +495,19 @@ def stat_prune(
     try:
         with timer("calibration_forward"):
             walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload, stream=stream)
-        curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed)
-        with timer("allocation"):
-            kept = allocate(adapter, curves, target, options)
-        with timer("calibration_forward"):
-            walk.capture()
-        apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
+        removed = 0.0
+        for r in range(1, options.rounds + 1):  # rounds > 1: re-measure the partly pruned model
+            if r > 1:
+                with timer("calibration_forward"):
+                    walk.capture()
+            curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed)
+            amount = target.flops_to_remove * r / options.rounds - removed
+            with timer("allocation"):
+                kept = allocate(adapter, curves, target, options, to_remove=amount)
+            removed += sum((c.n_units - kept[(c.layer, c.kind)]) * c.unit_flops for c in curves)
+            with timer("calibration_forward"):
+                walk.capture()
+            apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
         del walk
     finally:
         if stream is not None:

@@ -331,3 +331,34 @@ def test_depth_fit_on_identical_tiny_llama_layers(rule):
     # 0.86/0.83/0.55/0.29, greedy 0.80/0.89/0.73/0.60 — passes, share narrowly
     assert not (max(frac) == 1.0 and min(frac) < 0.5), frac
     assert max(frac) - min(frac) <= 0.6, frac
+
+
+# --- iterated allocation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["share", "greedy"])
+def test_rounds_meet_the_target_and_re_measure(rule):
+    from statprune.pruner import Target, prune
+    from tests.unit.tiny import random_calibration, tiny_model
+
+    calib = random_calibration(n=16)
+    res = {}
+    for rounds in (1, 3):
+        res[rounds] = prune(
+            tiny_model("llama", layers=3),
+            calib,
+            Target(0.4, 20),
+            options={"progress": False, "allocation": rule, "neuron_multiple": 1, "rounds": rounds},
+        )
+        # within one unit: a head of this tiny model (with its K/V) is 6.2% of its FLOPs
+        assert 0.4 - 1e-9 <= res[rounds].sparsity_achieved < 0.4 + 0.0621, res[rounds].sparsity_achieved
+    shapes = [[s.intermediate for s in res[r].shapes_pruned] for r in (1, 3)]
+    assert shapes[0] != shapes[1]  # later rounds read the partly pruned model's statistics
+
+
+def test_rounds_refuse_the_reference_rule():
+    from statprune.errors import StatpruneError
+    from statprune.stat.prune import StatOptions
+
+    with pytest.raises(StatpruneError, match="rounds"):
+        StatOptions(allocation="reference", rounds=2)
