@@ -15,8 +15,9 @@ Solvers (``solver``):
 
 * ``"lsmr"`` (default) — what the released code runs (``prune/rescale.py``, ``utils/linalg.py``):
   LSMR is applied to the *normal equations* as if they were the data, ``lsmr(AᵀA, Aᵀr, damp=1)``
-  with LSMR's default tolerances (atol = btol = 1e-6, conlim = 1e8, at most n iterations); a
-  stop code ≥ 3 (ill-conditioned, iteration cap) is a failed solve. That minimises
+  with the defaults of the released solver, cupyx's LSMR (atol = btol = 1e-6, conlim = 1e8, at
+  most 5·n iterations — scipy's default cap is n, which fails on most attention fits); a stop code
+  ≥ 3 (ill-conditioned, iteration cap) is a failed solve. That minimises
   ‖AᵀA δ − Aᵀr‖² + ‖δ‖², i.e. δ → ((AᵀA)² + I)⁻¹ AᵀA Aᵀr: with AᵀA summed over thousands of tokens
   the damping is negligible and the fit is plain least squares, stopped early by the tolerances.
   The attention fit has, as released, one extra column of ones (a scalar offset on every output
@@ -74,13 +75,14 @@ class TuneReport:
 
 
 def lsmr_normal_equations(AtA: np.ndarray, rhs: np.ndarray, damp: float) -> tuple[np.ndarray, bool]:
-    """The released solver: LSMR on (AᵀA, rhs) with ``damp`` and LSMR's default tolerances; ok if
-    its stop code is < 3. A 1 × 1 system is divided directly, as released."""
+    """The released solver: LSMR on (AᵀA, rhs) with ``damp`` and cupyx's defaults (scipy's, except
+    at most 5·n iterations); ok if its stop code is < 3. A 1 × 1 system is divided directly, as
+    released."""
     from scipy.sparse.linalg import lsmr
 
     if rhs.shape[0] == 1:
         return rhs / AtA[0, 0], bool(AtA[0, 0] != 0)
-    out = lsmr(AtA, rhs, damp=damp)
+    out = lsmr(AtA, rhs, damp=damp, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=5 * rhs.shape[0])
     return np.asarray(out[0], dtype=np.float64), int(out[1]) < 3
 
 
