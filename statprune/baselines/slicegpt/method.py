@@ -207,10 +207,14 @@ def restore_slicegpt(model: torch.nn.Module, config) -> None:
         return
     adapter = get_adapter(model)
     k, d = int(info["hidden_size"]), int(info["hidden_size_dense"])
-    if adapter.hidden_size != d:
-        raise StatpruneError(f"slicegpt checkpoint: config hidden size {adapter.hidden_size} != dense {d}")
-    zeros = torch.zeros(d, d)
-    for i in range(adapter.num_layers):
-        for kind in ("attention", "ffn"):
-            set_shortcut(adapter, i, kind, zeros)
-    slice_model(adapter, k, slice_head=bool(info.get("slice_head", True)))
+    slice_head = bool(info.get("slice_head", True))  # checkpoints before the option sliced the head
+    if adapter.hidden_size not in (d, k):
+        raise StatpruneError(
+            f"slicegpt checkpoint: config hidden size {adapter.hidden_size} is neither {d} nor {k}"
+        )
+    last = adapter.num_layers - 1
+    for i in range(adapter.num_layers):  # final shapes: slice_model's cuts leave them as they are
+        set_shortcut(adapter, i, "attention", torch.zeros(k, k))
+        set_shortcut(adapter, i, "ffn", torch.zeros(k, d if (i == last and not slice_head) else k))
+    if adapter.hidden_size == d:  # dense width on disk (any k); older checkpoints stored k itself
+        slice_model(adapter, k, slice_head=slice_head)
