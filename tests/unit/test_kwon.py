@@ -411,3 +411,30 @@ def test_encoder_without_labels_is_a_user_error():
         del b["labels"]
     with pytest.raises(StatpruneError, match="labelled"):
         prune(tiny_model("bert"), calib, Target(0.3, SEQ), method="kwon", options=QUIET)
+
+
+@pytest.mark.parametrize("cls_only", [True, False])
+def test_last_ffn_of_a_classifier_is_fitted_on_the_first_token(cls_only):
+    """As released (``cls_only``): the last layer's FFN fit uses only the position the head reads."""
+    model = tiny_model("bert", layers=1).double()
+    ad = get_adapter(model)
+    calib = random_calibration(n=8)
+    zs = []
+    handle = ad.down_proj(0).register_forward_pre_hook(lambda _m, args: zs.append(args[0]))
+    outputs(model, calib)
+    handle.remove()
+    rows = [z[:, :1] if cls_only else z[b["attention_mask"].bool()] for z, b in zip(zs, calib.batches)]
+    Z = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows])  # tokens × neurons
+    W2 = ad.down_proj(0).weight.detach()
+    kept = torch.arange(0, 128, 2)
+    pruned = torch.arange(1, 128, 2)
+    r = Z[:, pruned] @ W2[:, pruned].T  # what the pruned neurons contributed (tokens × d)
+    A = torch.stack([(Z[:, j : j + 1] * W2[:, j]).reshape(-1) for j in kept], 1)
+    direct = torch.linalg.lstsq(A, r.reshape(-1, 1)).solution[:, 0]
+    student = Masks.ones(ad)
+    student.neuron[0][pruned] = 0.0
+    tuned, report = tune_masks(
+        ad, calib, student, None, damp=1e-9, solver="ridge", cls_last_ffn=cls_only, progress=False
+    )
+    assert report.ffn[0].status == "ok"
+    assert torch.allclose(tuned.neuron[0][kept].double() - 1, direct, rtol=1e-3, atol=1e-4)

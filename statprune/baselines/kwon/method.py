@@ -10,8 +10,9 @@ mini-batches of ``batch_size`` — the Fisher is a sum over mini-batches of squa
 the mini-batch size is part of the method. ``batch_size=None`` (default) keeps the official count of
 squared-gradient terms: 32 at 2048 samples (as released), smaller mini-batches on smaller sets so
 the sum has ≥ 64 terms or one per example (:func:`~.fisher.auto_batch_size`); ``batch_size=32`` on
-32–128 examples reproduces the earlier 1–4-term Fisher for ablation. ``num_samples`` defaults to 2048 (the paper's) and is
-capped by the run's calibration size (the count used is reported as ``samples_used``): a run at
+32–128 examples reproduces the earlier 1–4-term Fisher for ablation (SQuAD: the release batches
+12, pass ``batch_size=12``). ``num_samples`` defaults to 2048 (the paper's) and is capped by the
+run's calibration size (the count used is reported as ``samples_used``): a run at
 ``calib_size`` 512 compares all methods on the same 512 examples, and Kwon at its own default is a
 run at ``calib_size`` 2048 (experiments/minilm_movie.toml has both; seeded draws are nested, so the
 2048 draw starts with the 512 one). Encoders need labels (task loss); decoders use the LM loss.
@@ -20,8 +21,8 @@ Teacher for mask tuning: ``teacher="dense"`` (default) fits every layer to the u
 objective the paper states and the same reference STAT and SliceGPT reconstruct, so the comparison is
 on equal terms. ``teacher="assistant"`` is the released code's variant: the teacher is the model
 masked at √(kept FLOPs fraction) — a milder pruning, searched (not rearranged, not width-rounded,
-as released) — which is closer to the student and can be easier to fit at high sparsity. Measured (fine-tuned MiniLM-L6,
-movie-sentiment dev accuracy, 512 samples; dense 0.8774): at 30% both tuned variants are within 0.4
+as released) — which is closer to the student and can be easier to fit at high sparsity. Measured
+(fine-tuned MiniLM-L6, movie-sentiment dev accuracy, 512 samples; dense 0.8774): at 30% both tuned variants are within 0.4
 points of dense (dense teacher 0.8764, assistant 0.8805); at 50% rearrange-only 0.8641, dense
 teacher 0.8754, assistant 0.8713. On SmolLM2-135M at 30% (SOTU, 32 × 512 tokens, perplexity on 16
 dev windows; dense 22.9): rearrange-only 70.7, dense teacher 69.6, assistant 67.2. Neither wins
