@@ -71,6 +71,7 @@ class StatOptions:
     neuron_multiple: int = 8
     progress: bool = True
     weights: Literal["auto", "device", "stream"] = "auto"
+    gram_precision: Literal["auto", "float64"] = "auto"  # calibration.Gram: float32 GEMM on CPU
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sketch_ratio <= 1.0:
@@ -131,7 +132,8 @@ def _grams(
             sketch = _Sketch(
                 opts.sketch, opts.sketch_ratio, device, seed * 1_000_003 + (4 * i + 2 * part + phase)
             )
-        return Gram(dim, device, transform=sketch)
+        precision = opts.gram_precision if opts is not None else "exact_products"
+        return Gram(dim, device, transform=sketch, precision=precision)
 
     out = {}
     if heads:
