@@ -47,7 +47,7 @@ def test_default_and_float64_are_float64():
         assert torch.equal(g.G, torch.zeros(48, 48, dtype=torch.float64).addmm_(ref.T, ref))
 
 
-def test_overflowing_chunk_is_redone_in_float64():
+def test_rows_that_could_overflow_float32_take_float64():
     x = torch.full((1, 4, 3), 1e20)
     g = Gram(3, torch.device("cpu"), precision="auto")
     g(x[0], torch.ones(1, 4, dtype=torch.bool)[0])
