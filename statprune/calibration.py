@@ -220,13 +220,14 @@ class Gram:
       the float64 rate on an H100/H200). A product of two half-precision numbers
       is exact in float32; only the within-chunk sums round, ~√chunk·2⁻²⁴ relative. Other rows are
       multiplied in ``dtype``.
-    * ``auto``: as above, and float32 (or half) rows on the CPU are multiplied in float32 too (2× the
-      float64 GEMM rate; the CPU walk's largest cost). Products of float32 numbers round (2⁻²⁴ each), so
-      with u = 2⁻²⁴ and c = ``chunk_rows``: |ΔG_ij| ≤ (c + 1)·u·Σ_t |x_ti||x_tj| ≤ (c + 1)·u·√(G_ii·G_jj),
-      a worst case of 1.2e-4 relative at c = 2048; measured on SmolLM2/MiniLM activations
-      ‖ΔG‖_F/‖G‖_F ≈ 1e-7 (benchmarks/cpu_gram.py) — the order of the rounding that computing the
-      activations in float32 has already put into X. Rows whose float32 sums could overflow
-      (chunk_rows · max|x|² ≥ 1e37) are multiplied in ``dtype``.
+    * ``auto``: as above, and float32 (or half) rows on the CPU are multiplied in float32 too (twice
+      the float64 GEMM peak; the Grams are about a quarter of a CPU STAT run). Products of float32
+      numbers round (2⁻²⁴ each), so with u = 2⁻²⁴ and c = ``chunk_rows``:
+      |ΔG_ij| ≤ (c + 1)·u·Σ_t |x_ti||x_tj| ≤ (c + 1)·u·√(G_ii·G_jj), a worst case of 1.2e-4 relative
+      at c = 2048; measured on SmolLM2 and MiniLM activations ‖ΔG‖_F/‖G‖_F ≤ 3e-7 at every hook
+      point (benchmarks/cpu_gram.py), the order of the rounding that computing the activations in
+      float32 has already put into X. Rows whose float32 sums could overflow (chunk_rows · max|x|² ≥
+      1e37) are multiplied in ``dtype``.
     * ``float64``: every product and sum in ``dtype``.
     """
 
