@@ -40,13 +40,26 @@ SETUPS = {
 PRECISIONS = ("float64", "auto")
 
 
-def _both(exact: Gram, fast: Gram):
-    return lambda x, m: (exact(x, m), fast(x, m))
+def _both(exact: Gram, fast: Gram, clock: dict):
+    """Feed one activation batch to both accumulators, alternating which goes first, timing each."""
+
+    def hook(x: torch.Tensor, m: torch.Tensor) -> None:
+        order = (("float64", exact), ("auto", fast))
+        for name, acc in order if clock["calls"] % 2 == 0 else order[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            acc(x, m)
+            clock[name] += time.perf_counter() - t0
+            clock[name + "_cpu"] += time.process_time() - c0
+        clock["calls"] += 1
+
+    return hook
 
 
 @torch.no_grad()
-def gram_errors(model: torch.nn.Module, calib) -> list[dict]:
-    """Both Grams of every STAT hook point from the same activations (dense model, measure walk)."""
+def gram_errors(model: torch.nn.Module, calib) -> tuple[list[dict], dict]:
+    """Both Grams of every STAT hook point from the same activations (dense model, measure walk),
+    and the seconds each precision spent on them (wall and process CPU), interleaved per call."""
+    clock = {"calls": 0, "float64": 0.0, "auto": 0.0, "float64_cpu": 0.0, "auto_cpu": 0.0}
     ad = get_adapter(model)
     walk = LayerWalk(ad, calib)
     rows = []
@@ -60,7 +73,7 @@ def gram_errors(model: torch.nn.Module, calib) -> list[dict]:
             for kind, mod in (("heads", ad.out_proj(i)), ("neurons", ad.down_proj(i)))
         }
 
-        walk.advance(walk.run(i, {mod: _both(exact, fast) for mod, exact, fast in pairs.values()}))
+        walk.advance(walk.run(i, {mod: _both(exact, fast, clock) for mod, exact, fast in pairs.values()}))
         for kind, (_, exact, fast) in pairs.items():
             d = fast.G - exact.G
             bound = (fast.chunk_rows + 1) * 2.0**-24 * float(torch.diagonal(exact.G).sum())
@@ -72,7 +85,7 @@ def gram_errors(model: torch.nn.Module, calib) -> list[dict]:
                     "fro_over_bound": float(d.norm()) / bound,
                 }
             )
-    return rows
+    return rows, clock
 
 
 def main() -> None:
@@ -99,10 +112,10 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    errors = gram_errors(copy.deepcopy(dense), calib)
+    errors, gram_clock = gram_errors(copy.deepcopy(dense), calib)
     print(
         f"gram error walk {time.perf_counter() - t0:.1f} s; max rel_fro "
-        f"{max(e['rel_fro'] for e in errors):.2e}",
+        f"{max(e['rel_fro'] for e in errors):.2e}; gram seconds {gram_clock}",
         flush=True,
     )
 
@@ -139,6 +152,11 @@ def main() -> None:
     a, b = models["float64"], models["auto"]
     pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
     same_shapes = all(pa[n].shape == pb[n].shape for n in pa)
+    ad = get_adapter(a)  # W_O and W2 are rewritten by the correction; every other weight is only sliced
+    corrected = {
+        id(w) for i in range(ad.num_layers) for m in (ad.out_proj(i), ad.down_proj(i)) for w in m.parameters()
+    }
+    same_units = same_shapes and all(torch.equal(w, pb[n]) for n, w in pa.items() if id(w) not in corrected)
     weight_diff = (
         max(float((pa[n] - pb[n]).norm() / pa[n].norm().clamp_min(1e-30)) for n in pa)
         if same_shapes
@@ -169,6 +187,8 @@ def main() -> None:
         "speedup_wall": summary["float64"]["wall_s_median"] / summary["auto"]["wall_s_median"],
         "same_kept_counts": kept["float64"] == kept["auto"],
         "same_shapes": same_shapes,
+        "same_units": same_units,
+        "gram_seconds_interleaved": gram_clock,
         "max_rel_weight_diff": weight_diff,
         "gram_errors": errors,
         "metrics": metrics,
@@ -183,6 +203,8 @@ def main() -> None:
                     "speedup_wall",
                     "same_kept_counts",
                     "same_shapes",
+                    "same_units",
+                    "gram_seconds_interleaved",
                     "max_rel_weight_diff",
                     "metrics",
                 )
