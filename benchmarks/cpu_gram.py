@@ -95,6 +95,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2, help="runs of each precision, interleaved")
     ap.add_argument("--sparsity", type=float, default=0.3)
     ap.add_argument("--eval", action="store_true", help="evaluate the first pruned model of each precision")
+    ap.add_argument(
+        "--gram-only", action="store_true", help="only the Gram error and interleaved Gram timing"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     setup = SETUPS[args.model]
@@ -118,6 +121,26 @@ def main() -> None:
         f"{max(e['rel_fro'] for e in errors):.2e}; gram seconds {gram_clock}",
         flush=True,
     )
+
+    out = (
+        args.out
+        or f"benchmarks/results/cpu-2026-12-01/cpu_gram_{args.model}_{args.calib_size}{'_gram' if args.gram_only else ''}.json"
+    )
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    rec = {
+        "args": vars(args),
+        "calib_tokens": calib.num_tokens,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "gram_seconds_interleaved": gram_clock,
+        "gram_errors": errors,
+        **provenance(),
+    }
+    if args.gram_only:
+        write_json_atomic(out, {**rec, "load_average_at_end": os.getloadavg()})
+        print("wrote", out)
+        return
 
     runs: list[dict] = []
     models: dict[str, torch.nn.Module] = {}
@@ -175,25 +198,19 @@ def main() -> None:
     if args.eval:
         for prec, m in models.items():
             metrics[prec] = evaluate(m, tok, task, "test", max_length=max_length, progress=False)
-    rec = {
-        "args": vars(args),
-        "calib_tokens": calib.num_tokens,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "load_average_at_end": os.getloadavg(),
-        "runs": runs,
-        "summary": summary,
-        "speedup_wall": summary["float64"]["wall_s_median"] / summary["auto"]["wall_s_median"],
-        "same_kept_counts": kept["float64"] == kept["auto"],
-        "same_shapes": same_shapes,
-        "same_units": same_units,
-        "gram_seconds_interleaved": gram_clock,
-        "max_rel_weight_diff": weight_diff,
-        "gram_errors": errors,
-        "metrics": metrics,
-        **provenance(),
-    }
+    rec.update(
+        {
+            "load_average_at_end": os.getloadavg(),
+            "runs": runs,
+            "summary": summary,
+            "speedup_wall": summary["float64"]["wall_s_median"] / summary["auto"]["wall_s_median"],
+            "same_kept_counts": kept["float64"] == kept["auto"],
+            "same_shapes": same_shapes,
+            "same_units": same_units,
+            "max_rel_weight_diff": weight_diff,
+            "metrics": metrics,
+        }
+    )
     print(
         json.dumps(
             {
@@ -212,8 +229,6 @@ def main() -> None:
             indent=1,
         )
     )
-    out = args.out or f"benchmarks/results/cpu-2026-12-01/cpu_gram_{args.model}_{args.calib_size}.json"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, rec)
     print("wrote", out)
 
