@@ -224,7 +224,7 @@ class Gram:
       the float64 GEMM peak; the Grams are about a quarter of a CPU STAT run). Products of float32
       numbers round (2⁻²⁴ each), so with u = 2⁻²⁴ and c = ``chunk_rows``:
       |ΔG_ij| ≤ (c + 1)·u·Σ_t |x_ti||x_tj| ≤ (c + 1)·u·√(G_ii·G_jj), a worst case of 1.2e-4 relative
-      at c = 2048; measured on SmolLM2 and MiniLM activations ‖ΔG‖_F/‖G‖_F ≤ 3e-7 at every hook
+      at c = 2048; measured on SmolLM2 and MiniLM activations ‖ΔG‖_F/‖G‖_F ≤ 3.3e-7 at every hook
       point (benchmarks/cpu_gram.py), the order of the rounding that computing the activations in
       float32 has already put into X. A chunk whose float32 diagonal reaches 1e38 (some partial
       sum may have overflowed) is redone in ``dtype``.
