@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -206,14 +207,28 @@ class LayerWalk:
         return float(sum(self._load(h)[m].double().pow(2).sum() for h, m in zip(self.hidden, self.masks)))
 
 
+GramPrecision = Literal["auto", "exact_products", "float64"]
+
+
 class Gram:
     """Streaming XᵀX over real (non-padding) tokens, accumulated in ``dtype`` (float64 by default).
 
-    bf16/fp16 activations on CUDA take a fast exact-product path: a half-precision GEMM with float32
-    output over chunks of ``chunk_rows`` tokens (products of two half-precision numbers are exact
-    in float32; only the within-chunk sums round, ~√chunk·2⁻²⁴ relative), added into the float64
-    accumulator. That is ~10× the float64 GEMM rate on an H100/H200, where the 7B walk's Grams
-    would otherwise cost more than its forward passes. Everything else is accumulated in ``dtype``.
+    ``precision`` picks how each chunk of ``chunk_rows`` tokens is multiplied before it is added
+    into the accumulator:
+
+    * ``exact_products`` (default): bf16/fp16 rows on CUDA take a GEMM with float32 output (~10×
+      the float64 rate on an H100/H200). A product of two half-precision numbers
+      is exact in float32; only the within-chunk sums round, ~√chunk·2⁻²⁴ relative. Other rows are
+      multiplied in ``dtype``.
+    * ``auto``: as above, and float32 (or half) rows on the CPU are multiplied in float32 too (twice
+      the float64 GEMM peak; the Grams are about a quarter of a CPU STAT run). Products of float32
+      numbers round (2⁻²⁴ each), so with u = 2⁻²⁴ and c = ``chunk_rows``:
+      |ΔG_ij| ≤ (c + 1)·u·Σ_t |x_ti||x_tj| ≤ (c + 1)·u·√(G_ii·G_jj), a worst case of 1.2e-4 relative
+      at c = 2048; measured on SmolLM2 and MiniLM activations ‖ΔG‖_F/‖G‖_F ≤ 3.3e-7 at every hook
+      point (benchmarks/cpu_gram.py), the order of the rounding that computing the activations in
+      float32 has already put into X. A chunk whose float32 diagonal reaches 1e38 (some partial
+      sum may have overflowed) is redone in ``dtype``.
+    * ``float64``: every product and sum in ``dtype``.
     """
 
     def __init__(
@@ -222,25 +237,48 @@ class Gram:
         device: torch.device,
         dtype: torch.dtype = torch.float64,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        chunk_rows: int = 16384,
+        chunk_rows: int | None = None,
+        precision: GramPrecision = "exact_products",
     ) -> None:
         self.G = torch.zeros(dim, dim, device=device, dtype=dtype)
         self.count = 0
         self.transform = transform
-        self.chunk_rows = chunk_rows
+        self.precision = precision
+        self.chunk_rows = chunk_rows or (16384 if torch.device(device).type == "cuda" else CPU_CHUNK_ROWS)
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> None:
         rows = x[mask]
         if self.transform is not None:
             rows = self.transform(rows)
-        if not _half_gram(rows, self.G):
-            rows = rows.to(self.G.dtype)
-            self.G.addmm_(rows.T, rows)
-        else:
+        self.count += rows.shape[0]
+        if self.precision == "float64" or self.G.dtype not in (torch.float32, torch.float64):
+            self._exact(rows)
+        elif _half_gram(rows, self.G):
             for s in range(0, rows.shape[0], self.chunk_rows):
                 r = rows[s : s + self.chunk_rows]
                 self.G.add_(torch.mm(r.T, r, out_dtype=torch.float32))
-        self.count += rows.shape[0]
+        elif rows.device.type == "cpu" and self._float32_ok(rows.dtype):
+            for s in range(0, rows.shape[0], self.chunk_rows):
+                r = rows[s : s + self.chunk_rows].float()
+                g = torch.mm(r.T, r)
+                # every partial sum |Σ x_ti·x_tj| ≤ max(G_ii, G_jj): a finite diagonal means no overflow
+                if float(g.diagonal().max()) < 1e38:
+                    self.G.add_(g)
+                else:
+                    self._exact(r)
+        else:
+            self._exact(rows)
+
+    def _float32_ok(self, dtype: torch.dtype) -> bool:
+        half = dtype in (torch.bfloat16, torch.float16)  # products exact in float32
+        return self.precision == "auto" and self.G.dtype == torch.float64 and (half or dtype == torch.float32)
+
+    def _exact(self, rows: torch.Tensor) -> None:
+        rows = rows.to(self.G.dtype)
+        self.G.addmm_(rows.T, rows)
+
+
+CPU_CHUNK_ROWS = 2048  # float32 partial sums over at most this many tokens (error bound above)
 
 
 _HALF_GRAM_OK: bool | None = None

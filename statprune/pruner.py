@@ -155,6 +155,14 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
     return value
 
 
+def neutral(default: Any) -> Any:
+    """A dataclass field for an option added after records exist, whose ``default`` reproduces what
+    the code did before the option existed: at that default it is left out of a run's fingerprint
+    (statprune/sweep/fingerprint.py), so earlier records stay current. Never for a default that
+    changes results."""
+    return dataclasses.field(default=default, metadata={"neutral_default": True})
+
+
 def parse_options(cls: type, raw: Mapping[str, Any]) -> Any:
     """Build the options dataclass ``cls`` from strings or values; unknown keys are errors."""
     hints = typing.get_type_hints(cls)

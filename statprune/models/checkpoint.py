@@ -5,11 +5,18 @@ A pruned checkpoint is a normal ``save_pretrained`` folder (safetensors, never p
 builds the stock architecture from the config, resizes each layer to its recorded shape through the
 adapter, runs any method-specific restore hooks named in ``statprune_restore`` (e.g. SliceGPT's
 residual shortcuts), then loads the weights strictly, so every tensor must match.
+
+``config.statprune_stored_config`` (optional) maps config attributes to the values written to disk
+in place of the in-memory ones: stock configs validate themselves at init and at save (e.g. Llama
+refuses a hidden size that is not a multiple of the head count), so a method whose in-memory shape
+breaks such a rule stores valid values and its restore hook re-applies its own.
+:func:`check_saveable` runs that validation up front, so a method can refuse before its work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import json
 import os
@@ -47,6 +54,34 @@ def check_output_dir(out_dir: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def _stored_values(config: Any) -> Any:
+    """Temporarily give ``config`` the values recorded for disk in ``statprune_stored_config``."""
+    stored = dict(getattr(config, "statprune_stored_config", None) or {})
+    saved = {key: getattr(config, key) for key in stored}
+    try:
+        for key, value in stored.items():
+            setattr(config, key, value)
+        yield config
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
+
+
+def check_saveable(config: Any, changes: dict[str, Any] | None = None) -> None:
+    """Raise a StatpruneError now if ``config`` with ``changes`` applied could not be saved."""
+    cfg = copy.deepcopy(config)
+    for key, value in (changes or {}).items():
+        setattr(cfg, key, value)
+    try:
+        with _stored_values(cfg):
+            if hasattr(cfg, "validate"):
+                cfg.validate()
+            cfg.to_json_string()
+    except Exception as e:  # the validators' error types differ across transformers versions
+        raise StatpruneError(f"the pruned model's config could not be saved: {e}") from e
+
+
 def save_pruned(model: torch.nn.Module, tokenizer: Any, out_dir: Path, report: dict | None = None) -> Path:
     """Write the pruned model (+ tokenizer + report) to ``out_dir`` atomically."""
     out_dir = Path(out_dir)
@@ -56,7 +91,8 @@ def save_pruned(model: torch.nn.Module, tokenizer: Any, out_dir: Path, report: d
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with _stored_values(model.config):
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if report is not None:

@@ -20,6 +20,8 @@ pruned layer's neuron count a multiple of m, still meeting the FLOPs target (wit
 because GEMMs whose dimensions are not multiples of 8 lose the fast tensor-core kernels on GPUs
 (BERT-base at 50%: 1.26× faster than dense with m=1, 2.35× with m=8). ``profile=true`` synchronises around every
 Gram update so that ``timings`` splits ``gram`` from ``calibration_forward`` (the forward alone).
+``gram_precision=auto`` (default) lets :class:`~statprune.calibration.Gram` multiply float32
+activations in float32 on the CPU (2× the float64 rate, ~1e-7 relative); ``float64`` forces exact products.
 
 Models larger than the device (option ``weights``): ``stream`` keeps the model in host memory and
 moves one layer at a time to ``device`` in both walks (statprune/streaming.py), the next layer
@@ -65,7 +67,7 @@ from statprune.allocation import (
 from statprune.calibration import Calibration, Gram, LayerWalk
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
-from statprune.pruner import MethodOutput, Target, register_method
+from statprune.pruner import MethodOutput, Target, neutral, register_method
 from statprune.stat.allocate import StatCurve, exp_depth_fit, reference_allocation, share_allocation
 from statprune.stat.dense import PairedGrams, dense_walk
 from statprune.stat.heads import EXACT_MAX_UNITS, exact_units, head_curve, head_units, prune_heads
@@ -94,13 +96,15 @@ class StatOptions:
     neuron_multiple: int = 8
     progress: bool = True
     weights: Literal["auto", "device", "stream"] = "auto"
-    # issue 15 variants (docs/STAT_VARIANTS.md); the defaults are today's behaviour
-    max_layer_departure: float | None = None  # δ: each block removes t ± δ of its own FLOPs
-    protect_layers: str | None = None  # "N" (first and last N) or "first:a,last:b": untouched
-    correction_target: Literal["self", "dense"] = "self"  # fit the pruned or the dense sub-block output
-    damping: float = 0.0  # ridge λ of the correction, a fraction of the Gram's mean diagonal
-    head_selection: Literal["qr", "exact"] = "qr"  # exact: best subset of ≤ 8 head units, enumerated
-    rounds: int = 1  # iterated allocation: r/R of the budget per round, re-measured in between
+    gram_precision: Literal["auto", "float64"] = "auto"  # calibration.Gram: float32 GEMM on CPU
+    # issue 15 variants (docs/STAT_VARIANTS.md). Each default is the behaviour before the option
+    # existed (pruner.neutral), so records made before these options stay current.
+    max_layer_departure: float | None = neutral(None)  # δ: each block removes t ± δ of its own FLOPs
+    protect_layers: str | None = neutral(None)  # "N" (first and last N) or "first:a,last:b": untouched
+    correction_target: Literal["self", "dense"] = neutral("self")  # fit the pruned or the dense output
+    damping: float = neutral(0.0)  # ridge λ of the correction, a fraction of the Gram's mean diagonal
+    head_selection: Literal["qr", "exact"] = neutral("qr")  # exact: best subset of ≤ 8 head units
+    rounds: int = neutral(1)  # iterated allocation: r/R of the budget per round, re-measured in between
 
     def __post_init__(self) -> None:
         if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
@@ -186,7 +190,8 @@ def _grams(
             sketch = _Sketch(
                 opts.sketch, opts.sketch_ratio, device, seed * 1_000_003 + (4 * i + 2 * part + phase)
             )
-        return Gram(dim, device, transform=sketch)
+        precision = opts.gram_precision if opts is not None else "exact_products"
+        return Gram(dim, device, transform=sketch, precision=precision)
 
     out = {}
     if heads:

@@ -63,10 +63,21 @@ def stamp(options_resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_options(method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The method's full options dataclass after defaults, as a dict."""
+    """The method's full options dataclass after defaults, as a dict, less the options at a
+    *neutral default* (:func:`statprune.pruner.neutral`: an option added later whose default does
+    what the code did before it existed), so adding such an option leaves earlier records current."""
     from statprune.pruner import method_options
 
-    return dataclasses.asdict(method_options(method, dict(options or {})))
+    return fingerprinted(method_options(method, dict(options or {})))
+
+
+def fingerprinted(opts: Any) -> dict[str, Any]:
+    """An options dataclass as a dict, without the fields that sit at a neutral default."""
+    out = dataclasses.asdict(opts)
+    for f in dataclasses.fields(opts):
+        if f.metadata.get("neutral_default") and getattr(opts, f.name) == f.default:
+            del out[f.name]
+    return out
 
 
 def expected_stamp(method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:

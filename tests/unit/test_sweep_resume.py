@@ -141,3 +141,26 @@ def test_other_record_formats_are_outdated(tmp_path, fmt):
     (row,) = plan(store, runs)
     assert row.state.status == "outdated"
     assert row.state.detail == ("record format 1 < 2" if fmt == 1 else "record format 3, now 2")
+
+
+def test_an_option_at_its_neutral_default_leaves_earlier_records_current() -> None:
+    """Adding an option whose default keeps the old behaviour must not outdate the records made before
+    it; any other value, or a default not declared neutral, must."""
+    import dataclasses
+
+    from statprune.pruner import neutral
+    from statprune.sweep.fingerprint import fingerprinted
+
+    @dataclasses.dataclass(frozen=True)
+    class Before:
+        rule: str = "share"
+
+    @dataclasses.dataclass(frozen=True)
+    class After:
+        rule: str = "share"
+        bound: float | None = neutral(None)
+        precision: str = "auto"
+
+    old = fingerprinted(Before())
+    assert fingerprinted(After()) == {**old, "precision": "auto"}  # neutral left out, the other not
+    assert fingerprinted(After(bound=0.1)) == {**old, "bound": 0.1, "precision": "auto"}

@@ -2,7 +2,10 @@
 
 Per mini-batch, the task loss is differentiated w.r.t. all-ones head and neuron masks; the per-batch
 gradients are kept (the rearrangement step needs their block-diagonal outer products) and the Fisher
-importance of a unit is Σ over mini-batches of grad². Encoders use the task loss of their head
+importance of a unit is Σ over mini-batches of grad². The official run sums 64 such terms (2048
+samples, batch 32); :func:`auto_batch_size` keeps ≥ 64 terms (or one per example) on smaller
+calibration sets, since a sum of 1–4 squared mini-batch gradients (32–128 examples in batches of
+32) scores how the examples' gradients cancel rather than importance. Encoders use the task loss of their head
 (labels from the calibration batches); causal LMs use the next-token loss on the real tokens.
 Model weights do not get gradients (only the masks do), so memory is one forward/backward.
 """
@@ -52,15 +55,28 @@ def _rows(calib: Calibration, n: int) -> list[dict[str, torch.Tensor]]:
     return rows
 
 
-def rebatch(calib: Calibration, num_samples: int, batch_size: int) -> Calibration:
+OFFICIAL_BATCH = 32  # the released code's mini-batch (12 for SQuAD) ...
+OFFICIAL_TERMS = 64  # ... over its 2048 samples: 64 squared gradients in the Fisher sum
+
+
+def auto_batch_size(n: int) -> int:
+    """Mini-batch size giving the Fisher ≥ 64 squared-gradient terms (the official 2048 / 32), or one
+    per example when there are fewer than 64 examples; never above the official 32."""
+    return max(1, min(OFFICIAL_BATCH, n // OFFICIAL_TERMS))
+
+
+def rebatch(calib: Calibration, num_samples: int, batch_size: int | None) -> Calibration:
     """Kwon's sample count and mini-batch size from any calibration draw (a prefix; no new randomness).
 
     The Fisher is a sum over mini-batches of squared mean-gradients, so the mini-batch size is part
-    of the method; the pipeline's calibration batching is not.
+    of the method; the pipeline's calibration batching is not. ``batch_size=None``:
+    :func:`auto_batch_size` (2048 samples → 32, as the official run; 512 → 8; 128 → 2; ≤ 127 → 1).
     """
     from statprune.data.collate import collate
 
     n = min(num_samples, calib.num_examples)
+    if batch_size is None:
+        batch_size = auto_batch_size(n)
     rows = _rows(calib, n)
     batches = []
     for s in range(0, len(rows), batch_size):

@@ -7,8 +7,13 @@ layer, so layers of different shapes are handled; with equal neuron costs the fi
 neuron of the budget unused, so the target is met within one unit.
 
 Head units are KV groups (a head under multi-head attention): a physically smaller stock GQA layer
-needs whole groups. One deviation from the paper: every layer keeps its most important head unit,
-because a stock attention layer cannot have zero heads (the paper's masks allow it).
+needs whole groups. Differences from the released ``search_mac``: every layer keeps its most
+important head unit, because a stock attention layer cannot have zero heads (the released masks
+allow it and its loop starts at one head in the whole model); a head count whose heads alone exceed
+the budget is infeasible here (the released loop does not check and could pick it); ties go to more
+heads (released: fewer — only exact ties differ). :func:`round_selection` then rounds FFN widths to
+multiples of ``neuron_multiple`` (the released code does not; 8 makes kept widths tensor-core
+friendly, as STAT's).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from statprune.allocation import BlockCurve, round_neurons
 from statprune.errors import StatpruneError
 
 
@@ -95,3 +101,45 @@ def search(
         heads.append(h)
         neurons.append(n)
     return Selection(heads=heads, neurons=neurons)
+
+
+def round_selection(
+    sel: Selection,
+    head_cost: list[float],
+    neuron_imp: list[torch.Tensor],
+    neuron_cost: list[float],
+    budget: float,
+    multiple: int,
+) -> Selection:
+    """Kept FFN widths as multiples of ``multiple`` with kept FLOPs still ≤ ``budget``.
+
+    The shared rule (:func:`statprune.allocation.round_neurons`) on Kwon's own objective: the loss of
+    keeping c neurons of a layer is the Fisher mass of the units outside its top c, so a width rounds
+    down by dropping its least important kept neurons and groups are given back (most Fisher per
+    FLOP first) while the budget allows: the target is met within one group. Which units: a layer's
+    top-importance neurons, as the search keeps them (head selections are unchanged).
+    """
+    if multiple <= 1:
+        return sel
+    curves, kept = [], {}
+    for i, (h, n) in enumerate(zip(sel.heads, sel.neurons)):
+        imp = neuron_imp[i].double().cpu().sort(descending=True).values
+        errors = imp.sum() - torch.cat([imp.new_zeros(1), imp.cumsum(0)])
+        curves.append(BlockCurve(i, "neurons", errors, neuron_cost[i], min_units=0))
+        curves.append(BlockCurve(i, "heads", torch.zeros(len(h) + 1, dtype=torch.float64), head_cost[i]))
+        kept[(i, "neurons")], kept[(i, "heads")] = int(n.sum()), int(h.sum())
+    total = sum(c.n_units * c.unit_flops for c in curves)
+    out = round_neurons(kept, curves, multiple, total - budget)
+    neurons = []
+    for i, n in enumerate(sel.neurons):
+        want, have = out[(i, "neurons")], int(n.sum())
+        imp = neuron_imp[i].double().cpu()
+        new = n.clone()
+        if want < have:  # drop the least important kept neurons
+            idx = torch.nonzero(n).flatten()
+            new[idx[torch.argsort(imp[idx], stable=True)[: have - want]]] = False
+        elif want > have:  # add the most important pruned ones
+            idx = torch.nonzero(~n).flatten()
+            new[idx[torch.argsort(imp[idx], descending=True, stable=True)[: want - have]]] = True
+        neurons.append(new)
+    return Selection(heads=[h.clone() for h in sel.heads], neurons=neurons)

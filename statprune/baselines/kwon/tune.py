@@ -5,18 +5,37 @@ model, or a less-pruned "teacher assistant" mask) run on their own hidden states
 inputs carry every earlier layer's pruning and tuning. Each sub-block's output is linear in its
 scales: attention output = Σ_h m_h·(C_h W_O,hᵀ) + b_O, FFN output = Σ_j m_j·z_j w_jᵀ + b_2. The
 scales are fitted so the student's residual stream after the sub-block, x_S + y_S(m), matches the
-teacher's, x_T + y_T (for post-LN models that is the LayerNorm input; the LN itself is not linear):
+teacher's, x_T + y_T (for post-LN models that is the LayerNorm input; the LN itself is not linear).
+With m = 1 + δ and r = (x_T + y_T) − (x_S + y_S(1)) the least-squares problem is min_δ ‖Aδ − r‖².
+A is never formed: AᵀA and Aᵀr are streamed over tokens (head Gram ⊙ W_Oᵀ W_O block sums; neuron
+Gram ⊙ W2ᵀW2; the Grams are STAT's :class:`~statprune.calibration.Gram`, so bf16 activations on a
+GPU take its exact-product half-precision path).
 
-    min_δ ‖A δ − r‖² + damp²‖δ‖²,   m = 1 + δ,   r = (x_T + y_T) − (x_S + y_S(1)),
+Solvers (``solver``):
 
-a ridge toward 1 with ``damp = 1`` as in the paper (which solves it with LSMR). A is never formed:
-its normal matrix AᵀA and Aᵀr are streamed over tokens (head Gram ⊙ W_Oᵀ W_O block sums; neuron
-Gram ⊙ W2ᵀW2; the Grams are STAT's :class:`~statprune.calibration.Gram`, so bf16 activations on a GPU
-take its exact-product half-precision path). The damped problem is then solved exactly by a Cholesky solve of the normal
-equations (AᵀA + damp²I) δ = Aᵀr (default), or with scipy's LSMR on the equivalent square-root system R δ ≈ R⁻ᵀAᵀr, RᵀR = AᵀA, which
-has the same solution but needs thousands of iterations on ill-conditioned FFN problems (minutes
-per layer at d_ff = 1536). A sub-block keeps its 0/1 mask if the solve fails or a scale leaves
-[−bound, bound] (the paper abandons such layers).
+* ``"lsmr"`` (default) — what the released code runs (``prune/rescale.py``, ``utils/linalg.py``):
+  LSMR is applied to the *normal equations* as if they were the data, ``lsmr(AᵀA, Aᵀr, damp=1)``
+  with the defaults of the released solver, cupyx's LSMR (atol = btol = 1e-6, conlim = 1e8, at
+  most 5·n iterations — scipy's default cap is n, which fails on most attention fits); a stop code
+  ≥ 3 (ill-conditioned, iteration cap) is a failed solve. That minimises
+  ‖AᵀA δ − Aᵀr‖² + ‖δ‖², i.e. δ → ((AᵀA)² + I)⁻¹ AᵀA Aᵀr: with AᵀA summed over thousands of tokens
+  the damping is negligible and the fit is plain least squares, stopped early by the tolerances.
+  The attention fit has, as released, one extra column of ones (a scalar offset on every output
+  coordinate, starting at 1 like the scales), fitted with the heads and then dropped.
+* ``"ridge"`` — the ridge toward 1 that the paper's text suggests, min ‖Aδ − r‖² + damp²‖δ‖², by a
+  Cholesky solve of (AᵀA + damp²I) δ = Aᵀr, no offset column (the earlier default; for ablation).
+
+A fit is abandoned if the solve fails or a scale leaves [−bound, bound]. ``on_failure="stop"`` (the
+released code's ``break``) then ends tuning: this and every later sub-block keep 0/1 masks;
+``"skip"`` keeps going with the next sub-block. For sequence classification the last layer's FFN is
+fitted on the first token only (the released ``cls_only``), the only position the head reads.
+
+Remaining differences from the released code: it does not tune layer 0's attention (we do; the fit
+can only lower that sub-block's error); it accumulates AᵀA and runs LSMR in float32 on the GPU
+(float64 here); its teacher masks are applied by ``head_mask`` (hooks here, same products).
+Families that normalise a sub-block's output before the residual add (Gemma-2/3's post-attention
+and post-FFN norms; the release has no such family) break the linearity above: the fit then matches
+the un-normalised sub-block output, an approximation (tests check exact recovery only elsewhere).
 """
 
 from __future__ import annotations
@@ -48,12 +67,26 @@ class SubBlockFit:
 class TuneReport:
     attention: list[SubBlockFit] = field(default_factory=list)
     ffn: list[SubBlockFit] = field(default_factory=list)
+    stopped_at: str | None = None  # "layer.part" where on_failure="stop" ended tuning
 
     def to_dict(self) -> dict:
         return {
             "attention": [vars(f) for f in self.attention],
             "ffn": [vars(f) for f in self.ffn],
+            "stopped_at": self.stopped_at,
         }
+
+
+def lsmr_normal_equations(AtA: np.ndarray, rhs: np.ndarray, damp: float) -> tuple[np.ndarray, bool]:
+    """The released solver: LSMR on (AᵀA, rhs) with ``damp`` and cupyx's defaults (scipy's, except
+    at most 5·n iterations); ok if its stop code is < 3. A 1 × 1 system is divided directly, as
+    released."""
+    from scipy.sparse.linalg import lsmr
+
+    if rhs.shape[0] == 1:
+        return rhs / AtA[0, 0], bool(AtA[0, 0] != 0)
+    out = lsmr(AtA, rhs, damp=damp, atol=1e-6, btol=1e-6, conlim=1e8, maxiter=5 * rhs.shape[0])
+    return np.asarray(out[0], dtype=np.float64), int(out[1]) < 3
 
 
 def solve_scales(
@@ -63,47 +96,40 @@ def solve_scales(
     *,
     damp: float,
     bound: float,
-    solver: str = "exact",
+    solver: str = "lsmr",
+    intercept: bool = False,
 ) -> tuple[torch.Tensor | None, SubBlockFit]:
-    """δ minimising ‖Aδ − r‖² + damp²‖δ‖² from the normal statistics; None if abandoned.
+    """δ for the kept units from the normal statistics (see the module docstring); None if abandoned.
 
-    ``solver="exact"``: δ = (AᵀA + damp²I)⁻¹Aᵀr by a Cholesky solve — the point LSMR converges to. ``solver="lsmr"``: scipy's LSMR on the square-root system, as the released
-    code (iterative; thousands of iterations on ill-conditioned FFN problems, and a run that hits
-    the iteration cap counts as a failed solve).
+    ``intercept``: the last row/column of AᵀA and the last entry of Aᵀr belong to a column of ones
+    (used by ``solver="lsmr"`` only, dropped from the result). ``rr`` = ‖r‖²; the reported errors
+    are of the units' scales alone.
     """
-    n = Atr.numel()
+    n = Atr.numel() - int(intercept)
     if n == 0:
         return None, SubBlockFit("nothing_kept", rr, rr)
     AtA = 0.5 * (AtA + AtA.T).double()
     Atr = Atr.double()
-    failed = False
     if solver == "lsmr":
-        from scipy.sparse.linalg import lsmr
-
-        try:
-            w, V = torch.linalg.eigh(AtA)
-        except RuntimeError:  # torch.linalg.LinAlgError
+        # as released: x = 1 + δ for every column, the offset column included, so rhs = Aᵀ(r − A_ones·1)
+        rhs = Atr - AtA[:, -1] if intercept else Atr
+        x, ok = lsmr_normal_equations(AtA.cpu().numpy(), rhs.cpu().numpy(), damp)
+        if not ok:
             return None, SubBlockFit("solver_failed", rr, rr)
-        w = w.clamp_min(0.0)
-        pos = w > float(w.max()) * 1e-13
-        if not bool(pos.any()):
-            return None, SubBlockFit("solver_failed", rr, rr)
-        sw = w[pos].sqrt()
-        R = (sw[:, None] * V[:, pos].T).cpu().numpy()
-        rhs = ((V[:, pos].T @ Atr) / sw).cpu().numpy()
-        out = lsmr(R, rhs, damp=damp, atol=1e-10, btol=1e-10, conlim=1e12, maxiter=10 * n + 100)
-        delta = torch.from_numpy(np.asarray(out[0], dtype=np.float64)).to(AtA.device)
-        failed = int(out[1]) in (3, 6, 7)
-    else:
-        # (AᵀA + damp²I) δ = Aᵀr: positive definite for damp > 0, so a Cholesky solve (no inverse)
+        delta = torch.from_numpy(x[:n].copy()).to(AtA.device)
+    elif solver == "ridge":
+        AtA, Atr = AtA[:n, :n], Atr[:n]
         eye = torch.eye(n, dtype=AtA.dtype, device=AtA.device)
         L, info = torch.linalg.cholesky_ex(AtA + max(damp**2, 1e-12 * float(AtA.diagonal().max())) * eye)
         if int(info) != 0:
             return None, SubBlockFit("solver_failed", rr, rr)
         delta = torch.cholesky_solve(Atr[:, None], L)[:, 0]
-    if failed or not bool(torch.isfinite(delta).all()):
+    else:
+        raise ValueError(f"unknown solver {solver!r}")
+    if not bool(torch.isfinite(delta).all()):
         return None, SubBlockFit("solver_failed", rr, rr)
-    after = rr - 2.0 * float(delta @ Atr) + float(delta @ (AtA @ delta))
+    A, b = AtA[:n, :n], Atr[:n]
+    after = rr - 2.0 * float(delta @ b) + float(delta @ (A @ delta))
     big = float((1.0 + delta).abs().max())
     if big > bound:
         return None, SubBlockFit("out_of_range", rr, rr, big)
@@ -155,6 +181,21 @@ def _flat(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x[mask].double()
 
 
+def _cls_only(mask: torch.Tensor) -> torch.Tensor:
+    """The first token of every sequence (the position a sequence-classification head reads)."""
+    out = torch.zeros_like(mask)
+    out[:, 0] = mask[:, 0]
+    return out
+
+
+def _with_intercept(AtA: torch.Tensor, Atr: torch.Tensor, ones_row: torch.Tensor, count: float, r_sum: float):
+    """Border the statistics with a column of ones (the released attention fit's offset column)."""
+    n = len(Atr)
+    full = torch.zeros(n + 1, n + 1, dtype=AtA.dtype, device=AtA.device)
+    full[:n, :n], full[:n, n], full[n, :n], full[n, n] = AtA, ones_row, ones_row, count
+    return full, torch.cat([Atr, Atr.new_tensor([r_sum])])
+
+
 @torch.no_grad()
 def tune_masks(
     adapter: Adapter,
@@ -164,10 +205,14 @@ def tune_masks(
     *,
     damp: float = 1.0,
     bound: float = 10.0,
-    solver: str = "exact",
+    solver: str = "lsmr",
+    on_failure: str = "stop",
+    cls_last_ffn: bool = False,
     progress: bool = True,
 ) -> tuple[Masks, TuneReport]:
-    """Real-valued scales for the kept units of ``student`` (0/1 masks); pruned units stay 0."""
+    """Real-valued scales for the kept units of ``student`` (0/1 masks); pruned units stay 0.
+
+    ``cls_last_ffn``: fit the last layer's FFN on the first token only (sequence classification)."""
     walk = LayerWalk(adapter, calib)
     t_hidden = list(walk.hidden)
     scales = student.clone()
@@ -175,8 +220,14 @@ def tune_masks(
     hooks = MaskHooks(adapter)
     run = _Runner(adapter, walk, hooks)
     hd = adapter.head_dim
+    intercept = solver == "lsmr"
+    L = adapter.num_layers
+
+    def failed(fit: SubBlockFit) -> bool:
+        return fit.status in ("solver_failed", "out_of_range") and on_failure == "stop"
+
     with hooks.attached():
-        for i in tqdm(range(adapter.num_layers), desc="kwon: tune", disable=not progress):
+        for i in tqdm(range(L), desc="kwon: tune", disable=not progress):
             o_proj, down = adapter.out_proj(i), adapter.down_proj(i)
             # --- attention -------------------------------------------------------------------
             kept = torch.nonzero(scales.head[i] != 0).flatten().cpu()
@@ -184,9 +235,11 @@ def tune_masks(
             dims = (kept[:, None] * hd + torch.arange(hd)[None, :]).reshape(-1).to(W.device)
             WK = W[:, dims]  # d × |K|·hd
             M = WK.T @ WK
+            wsum = WK.sum(0)  # a head's contribution summed over output coordinates: c_h · wsum_h
             gram = Gram(len(dims), W.device)
             Atr = torch.zeros(len(kept), dtype=torch.float64, device=W.device)
-            rr = 0.0
+            ones_row = torch.zeros(len(kept), dtype=torch.float64, device=W.device)
+            rr = r_sum = count = 0.0
             caps = {"y": (o_proj, "out"), "c": (o_proj, "in")}
             for b, mask in enumerate(walk.masks):
                 run(i, b, t_hidden[b], teacher, caps, stop_at=o_proj)
@@ -197,10 +250,20 @@ def tune_masks(
                 gram(c, mask)
                 C = _flat(c, mask)
                 Atr += (C * (r @ WK)).reshape(-1, len(kept), hd).sum((0, 2))
+                ones_row += (C * wsum).reshape(-1, len(kept), hd).sum((0, 2))
                 rr += float(r.pow(2).sum())
+                r_sum += float(r.sum())
+                count += r.numel()
             AtA = (gram.G * M).reshape(len(kept), hd, len(kept), hd).sum((1, 3))
-            delta, fit = solve_scales(AtA, Atr, rr, damp=damp, bound=bound, solver=solver)
+            if intercept:
+                AtA, Atr = _with_intercept(AtA, Atr, ones_row, count, r_sum)
+            delta, fit = solve_scales(
+                AtA, Atr, rr, damp=damp, bound=bound, solver=solver, intercept=intercept
+            )
             report.attention.append(fit)
+            if failed(fit):
+                report.stopped_at = f"{i}.attention"
+                break
             if delta is not None:
                 scales.head[i][kept.to(scales.head[i].device)] += delta.to(scales.head[i])
             del gram, M, WK
@@ -223,6 +286,8 @@ def tune_masks(
 
             t_next = []
             for b, mask in enumerate(walk.masks):
+                if cls_last_ffn and i == L - 1:
+                    mask = _cls_only(mask)
                 t_next.append(run(i, b, t_hidden[b], teacher, caps).detach())
                 tgt = residual(t_hidden[b], mask) + _flat(run.got["y"], mask)
                 run(i, b, walk.hidden[b], scales, caps, stop_at=down)
@@ -234,10 +299,14 @@ def tune_masks(
                 rr += float(r.pow(2).sum())
             delta, fit = solve_scales(gram.G * M, Atr, rr, damp=damp, bound=bound, solver=solver)
             report.ffn.append(fit)
+            if failed(fit):
+                report.stopped_at = f"{i}.ffn"
+                break
             if delta is not None:
                 scales.neuron[i][keptn.to(scales.neuron[i].device)] += delta.to(scales.neuron[i])
             del gram, M, W2
             # --- advance both streams ----------------------------------------------------------
-            s_next = [run(i, b, walk.hidden[b], scales, {}).detach() for b in range(len(walk.hidden))]
-            t_hidden, walk.hidden = t_next, s_next
+            if i < L - 1:
+                s_next = [run(i, b, walk.hidden[b], scales, {}).detach() for b in range(len(walk.hidden))]
+                t_hidden, walk.hidden = t_next, s_next
     return scales, report

@@ -14,11 +14,29 @@ the achieved FLOPs are within one 8-wide slice of the target. Both numbers are r
 shortcuts even k = d costs more than the dense model, so a FLOPs target slices more hidden width than
 the same nominal "slicing %" of the paper.
 
-A sliced model stays a stock transformers model with ``config.hidden_size = k``, plus one k × k
-:class:`~statprune.baselines.slicegpt.shortcuts.Shortcut` per sub-block. ``config.statprune_slicegpt``
-records what was done and ``config.statprune_restore`` names :func:`restore_slicegpt`, which
-:func:`statprune.models.checkpoint.load_pruned` calls to re-create the shortcuts before loading
-the weights.
+``slice_head`` (default False, the official ``do_slice_head=False``): the last layer's output, the
+final norm and the LM head keep the full width d; the last layer's down projection then writes d
+coordinates and its FFN shortcut is k × d, both counted in the FLOPs above. ``slice_head=True``
+slices them too (the earlier behaviour, for ablation).
+
+``neuron_multiple`` is accepted only so every method takes the same option (sweeps pass it to all);
+SliceGPT removes no FFN neurons — it slices the hidden dimension, which is always a multiple of 8.
+
+A sliced model stays a stock transformers model with ``config.hidden_size = k`` in memory, plus one
+:class:`~statprune.baselines.slicegpt.shortcuts.Shortcut` per sub-block. Stock configs refuse a
+hidden size that is not a multiple of the head count (Llama validates it at init and at save), so
+the checkpoint's ``config.json`` keeps the dense hidden size and an explicit ``head_dim``
+(``config.statprune_stored_config``); ``config.statprune_slicegpt`` records k and
+``config.statprune_restore`` names :func:`restore_slicegpt`, which
+:func:`statprune.models.checkpoint.load_pruned` calls to slice the freshly built dense-width model
+to k and re-create the shortcuts before loading the weights. That the final config can be saved is
+checked before any calibration work.
+
+Remaining differences from the official code (microsoft/TransformerCompression,
+``rotate_and_slice_sequential``): norms stay stock RMSNorm modules with √(d/k) folded into their
+readers instead of a custom RMSNorm over d (ε then acts as ε·k/d); the residual shortcuts run
+through hooks on the stock layer instead of replacement layer classes; the width comes from a FLOPs
+target unless ``slicing`` is given; calibration masking uses the attention mask, as ``apply_mask``.
 """
 
 from __future__ import annotations
@@ -36,6 +54,7 @@ from statprune.baselines.slicegpt.shortcuts import set_shortcut
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
 from statprune.flops import attention_core_macs
+from statprune.models.checkpoint import check_saveable
 from statprune.pruner import MethodOutput, Target, register_method
 from statprune.runtime import DTYPES
 
@@ -49,36 +68,47 @@ class SliceGPTOptions:
     damping: float = 0.01  # of the mean diagonal of each covariance
     pca_dtype: Literal["float64", "float32"] = "float64"
     calib_dtype: Literal["model", "float32", "bfloat16", "float16"] = "model"
+    slice_head: bool = False  # official do_slice_head=False: last output and LM head stay d wide
+    neuron_multiple: int = 8  # uniform interface only: SliceGPT removes no neurons (width is 8·n)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.neuron_multiple < 1:
+            raise StatpruneError(f"neuron_multiple must be at least 1, got {self.neuron_multiple}")
 
-def sliced_flops(adapter: Adapter, k: int, seq_len: float) -> float:
-    """Prunable FLOPs of the model sliced to hidden size k, shortcuts included (same convention as
-    :mod:`statprune.flops`: s·in·out per linear, its attention core per query head)."""
-    s = float(seq_len)
+
+def sliced_flops(adapter: Adapter, k: int, seq_len: float, *, slice_head: bool = False) -> float:
+    """Prunable FLOPs of the dense model sliced to hidden size k, shortcuts included (same convention
+    as :mod:`statprune.flops`: s·in·out per linear, its attention core per query head). With ``slice_head=False``
+    the last layer's down projection and FFN shortcut write the full width d."""
+    s, d = float(seq_len), adapter.hidden_size
     total = 0.0
     for i in range(adapter.num_layers):
         shape = adapter.layer_shape(i)
+        out = d if (not slice_head and i == adapter.num_layers - 1) else k
         width_out = sum(lin.out_features for lin in [*adapter.qkv(i), *adapter.ffn_in(i)])
-        width_in = adapter.out_proj(i).in_features + adapter.down_proj(i).in_features
-        total += s * k * (width_out + width_in) + shape.num_heads * attention_core_macs(
-            adapter, shape.head_dim, s
-        )
-        total += 2.0 * s * k * k  # attention and FFN shortcuts
+        total += s * k * (width_out + adapter.out_proj(i).in_features)
+        total += s * out * adapter.down_proj(i).in_features
+        total += shape.num_heads * attention_core_macs(adapter, shape.head_dim, s)
+        total += s * k * k + s * k * out  # attention and FFN shortcuts
     return total
 
 
-def hidden_for_target(adapter: Adapter, target: Target) -> int:
+def hidden_for_target(adapter: Adapter, target: Target, *, slice_head: bool = False) -> int:
     """Largest multiple of 8 whose sliced FLOPs do not exceed the target's kept FLOPs (bisection)."""
     keep = target.flops_to_keep
     lo, hi = 1, adapter.hidden_size // WIDTH  # in units of 8
-    if sliced_flops(adapter, WIDTH * lo, target.seq_len) > keep:
+
+    def flops(k: int) -> float:
+        return sliced_flops(adapter, k, target.seq_len, slice_head=slice_head)
+
+    if flops(WIDTH * lo) > keep:
         raise StatpruneError(
             f"slicegpt cannot reach sparsity {target.sparsity}: even hidden size {WIDTH} is larger"
         )
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if sliced_flops(adapter, WIDTH * mid, target.seq_len) <= keep:
+        if flops(WIDTH * mid) <= keep:
             lo = mid
         else:
             hi = mid - 1
@@ -105,9 +135,16 @@ def slicegpt_prune(
     k = (
         hidden_for_slicing(d, options.slicing)
         if options.slicing is not None
-        else hidden_for_target(adapter, target)
+        else hidden_for_target(adapter, target, slice_head=options.slice_head)
     )
-    predicted = sliced_flops(adapter, k, target.seq_len)
+    predicted = sliced_flops(adapter, k, target.seq_len, slice_head=options.slice_head)
+    info = {
+        "hidden_size": k,
+        "hidden_size_dense": d,
+        "slicing": 1.0 - k / d,
+        "slice_head": options.slice_head,
+    }
+    check_saveable(model.config, _config_changes(model.config, adapter, info))  # fail before the work
     timings: dict[str, float] = {}
     dtype = adapter.dtype
     run_dtype = dtype if options.calib_dtype == "model" else DTYPES[options.calib_dtype]
@@ -125,39 +162,58 @@ def slicegpt_prune(
         )
         timings["rotate"] = time.perf_counter() - t
         t = time.perf_counter()
-        slice_model(adapter, k)
+        slice_model(adapter, k, slice_head=options.slice_head)
         timings["slice"] = time.perf_counter() - t
     finally:
         if run_dtype != dtype:
             model.to(dtype)
-    info = {"hidden_size": k, "hidden_size_dense": d, "slicing": 1.0 - k / d}
-    model.config.statprune_slicegpt = info
-    restore = list(getattr(model.config, "statprune_restore", None) or [])
-    if RESTORE_HOOK not in restore:
-        restore.append(RESTORE_HOOK)
-    model.config.statprune_restore = restore
+    for key, value in _config_changes(model.config, adapter, info).items():
+        setattr(model.config, key, value)
     return MethodOutput(
         timings=timings,
         diagnostics={
             **info,
             "untied_head": tied,
+            "neuron_multiple": "not applicable (hidden width is a multiple of 8)",
             "predicted_flops": predicted,
             "energy_kept": report.energy_kept,
         },
     )
 
 
+def _config_changes(config, adapter: Adapter, info: dict) -> dict:
+    """Config attributes of the sliced model: in memory hidden_size = k; on disk the dense width."""
+    restore = list(getattr(config, "statprune_restore", None) or [])
+    if RESTORE_HOOK not in restore:
+        restore.append(RESTORE_HOOK)
+    stored = dict(getattr(config, "statprune_stored_config", None) or {})
+    stored.setdefault("hidden_size", info["hidden_size_dense"])
+    return {
+        "hidden_size": info["hidden_size"],
+        "head_dim": adapter.head_dim,
+        "statprune_slicegpt": info,
+        "statprune_restore": restore,
+        "statprune_stored_config": stored,
+    }
+
+
 @torch.no_grad()
 def restore_slicegpt(model: torch.nn.Module, config) -> None:
-    """Re-create the k × k residual shortcuts of a sliced model built from its config (weights follow)."""
+    """Slice a model freshly built from a SliceGPT checkpoint's config (dense width on disk) to its
+    recorded width and re-create the shortcuts; the checkpoint's weights are loaded afterwards."""
     info = getattr(config, "statprune_slicegpt", None)
     if not info:
         return
     adapter = get_adapter(model)
-    k = int(info["hidden_size"])
-    if adapter.hidden_size != k:
-        raise StatpruneError(f"slicegpt checkpoint: config hidden size {adapter.hidden_size} != sliced {k}")
-    zeros = torch.zeros(k, k)
-    for i in range(adapter.num_layers):
-        for kind in ("attention", "ffn"):
-            set_shortcut(adapter, i, kind, zeros)
+    k, d = int(info["hidden_size"]), int(info["hidden_size_dense"])
+    slice_head = bool(info.get("slice_head", True))  # checkpoints before the option sliced the head
+    if adapter.hidden_size not in (d, k):
+        raise StatpruneError(
+            f"slicegpt checkpoint: config hidden size {adapter.hidden_size} is neither {d} nor {k}"
+        )
+    last = adapter.num_layers - 1
+    for i in range(adapter.num_layers):  # final shapes: slice_model's cuts leave them as they are
+        set_shortcut(adapter, i, "attention", torch.zeros(k, k))
+        set_shortcut(adapter, i, "ffn", torch.zeros(k, d if (i == last and not slice_head) else k))
+    if adapter.hidden_size == d:  # dense width on disk (any k); older checkpoints stored k itself
+        slice_model(adapter, k, slice_head=slice_head)

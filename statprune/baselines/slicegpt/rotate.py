@@ -14,6 +14,10 @@ a block a temporary output basis of identity and its shortcut Q_inᵀ; once the 
 is known, its output linear and shortcut are rotated. Finally :func:`slice_model` drops the zero
 coordinates; the RMSNorm mean is then over k, so √(d/k) is folded into the norms' readers (the norm
 ε acts as ε·k/d afterwards, a negligible change).
+
+``slice_head=False`` (the official default, ``do_slice_head=False``): the last layer's output basis
+is kept whole — its down projection writes all d coordinates, its FFN shortcut is k × d, and the
+final norm and LM head stay d wide (no √(d/k) fold there). Everything else is sliced to k.
 """
 
 from __future__ import annotations
@@ -129,8 +133,10 @@ def rotate_and_slice_padded(
     damping: float,
     pca_dtype: torch.dtype = torch.float64,
     progress: bool = True,
+    slice_head: bool = False,
 ) -> RotationReport:
-    """Rotate a fused model and zero every residual coordinate ≥ k (the width stays d)."""
+    """Rotate a fused model and zero every residual coordinate ≥ k (the width stays d); with
+    ``slice_head=False`` the last layer's output is not zeroed."""
     d = adapter.hidden_size
     report = RotationReport()
     walk = LayerWalk(adapter, calib)
@@ -169,11 +175,12 @@ def rotate_and_slice_padded(
         G = gram_of(outs)
         Q_next, _ = pca_basis(G, damping, pca_dtype)
         Q_next = Q_next.to(dev)
-        report.energy_kept.append(_energy(G, Q_next, k))
-        _rotate_outputs(adapter.down_proj(i), _pad(Q_next, k))
-        set_shortcut(adapter, i, "ffn", Q_mid.T @ _pad(Q_next, k))
+        last_full = not slice_head and i == adapter.num_layers - 1
+        report.energy_kept.append(1.0 if last_full else _energy(G, Q_next, k))
+        Qn = Q_next if last_full else _pad(Q_next, k)
+        _rotate_outputs(adapter.down_proj(i), Qn)
+        set_shortcut(adapter, i, "ffn", Q_mid.T @ Qn)
         # the outputs are linear in the final rotation: no need to run the layer again
-        Qn = _pad(Q_next, k)
         walk.advance([(o.double() @ Qn).to(o.dtype) for o in outs])
         Q_prev = Q_next
     _rotate_inputs([adapter.lm_head()], Q_prev)
@@ -181,9 +188,11 @@ def rotate_and_slice_padded(
 
 
 @torch.no_grad()
-def slice_model(adapter: Adapter, k: int) -> None:
-    """Drop the zero coordinates ≥ k everywhere: the model's hidden size becomes k."""
+def slice_model(adapter: Adapter, k: int, *, slice_head: bool = False) -> None:
+    """Drop the zero coordinates ≥ k everywhere: the model's hidden size becomes k (with
+    ``slice_head=False`` the last layer's output, the final norm and the LM head keep width d)."""
     d = adapter.hidden_size
+    last = adapter.num_layers - 1
     c = math.sqrt(d / k)
 
     def cut_in(lin: nn.Linear, scale: float) -> None:
@@ -210,14 +219,17 @@ def slice_model(adapter: Adapter, k: int) -> None:
         cut_out(adapter.out_proj(i))
         for lin in adapter.ffn_in(i):
             cut_in(lin, c)
-        cut_out(adapter.down_proj(i))
+        full_out = not slice_head and i == last
+        if not full_out:
+            cut_out(adapter.down_proj(i))
         for kind in ("attention", "ffn"):
-            M = get_shortcut(adapter, i, kind).weight.detach().T[:k, :k]
-            set_shortcut(adapter, i, kind, M)
+            M = get_shortcut(adapter, i, kind).weight.detach().T
+            set_shortcut(adapter, i, kind, M[:k, :] if kind == "ffn" and full_out else M[:k, :k])
         cut_norm(adapter.input_norm(i))
         cut_norm(adapter.post_attention_norm(i))
-    cut_norm(adapter.final_norm())
-    cut_in(adapter.lm_head(), c)
+    if slice_head:
+        cut_norm(adapter.final_norm())
+        cut_in(adapter.lm_head(), c)
     cfg = adapter.config
     if getattr(cfg, "head_dim", None) is None:
         cfg.head_dim = adapter.head_dim

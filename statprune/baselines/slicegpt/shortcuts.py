@@ -11,6 +11,11 @@ A :class:`Shortcut` is a bias-free ``nn.Linear`` whose hook functions are its ow
 ``copy.deepcopy`` of the model carries working hooks. It is a registered submodule of the layer
 (``statprune_shortcut_attention`` / ``statprune_shortcut_ffn``: saved in the state dict, moved by
 ``.to``) and listed in ``layer.statprune_extra`` so the FLOPs model counts it.
+
+A rectangular shortcut (k → d: the last layer's FFN when the LM head keeps its full width, SliceGPT's
+``do_slice_head=False``) cannot go through the layer's own k-wide residual add: the block hook
+stores the d-wide sum and returns −x, so the layer's add gives exactly 0, and a forward hook on the
+layer replaces that output by the stored sum.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Shortcut(nn.Linear):
     def __init__(self, in_features: int, out_features: int, *, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
         self._x: torch.Tensor | None = None
+        self._wide: torch.Tensor | None = None
 
     def keep_input(self, _module: nn.Module, args: tuple) -> None:
         self._x = args[0]
@@ -36,16 +42,28 @@ class Shortcut(nn.Linear):
     def add_to_output(self, _module: nn.Module, _args: tuple, out):
         x, self._x = self._x, None
         y = out[0] if isinstance(out, tuple) else out
-        y = y + self(x) - x
+        if self.in_features == self.out_features:
+            y = y + self(x) - x
+        else:  # widening: the layer's own add yields x − x = 0, replaced in replace_layer_output
+            self._wide = y + self(x)
+            y = -x
         return (y, *out[1:]) if isinstance(out, tuple) else y
 
-    def attach(self, norm: nn.Module, block: nn.Module) -> None:
+    def replace_layer_output(self, _module: nn.Module, _args: tuple, out):
+        if self._wide is None:
+            return None
+        wide, self._wide = self._wide, None
+        return (wide, *out[1:]) if isinstance(out, tuple) else wide
+
+    def attach(self, norm: nn.Module, block: nn.Module, layer: nn.Module) -> None:
         norm.register_forward_pre_hook(self.keep_input)
         block.register_forward_hook(self.add_to_output)
+        if self.in_features != self.out_features:
+            layer.register_forward_hook(self.replace_layer_output)
 
-    def detach(self, norm: nn.Module, block: nn.Module) -> None:
+    def detach(self, norm: nn.Module, block: nn.Module, layer: nn.Module) -> None:
         """Remove this shortcut's hooks (found by owner, so this also works on a deep copy)."""
-        for hooks in (norm._forward_pre_hooks, block._forward_hooks):
+        for hooks in (norm._forward_pre_hooks, block._forward_hooks, layer._forward_hooks):
             for key, fn in list(hooks.items()):
                 if getattr(fn, "__self__", None) is self:
                     del hooks[key]
@@ -64,12 +82,12 @@ def set_shortcut(adapter: Adapter, i: int, kind: str, matrix: torch.Tensor) -> S
     norm, block = _modules(adapter, i, kind)
     old = getattr(layer, NAMES[kind], None)
     if isinstance(old, Shortcut):
-        old.detach(norm, block)
+        old.detach(norm, block, layer)
     ref = adapter.out_proj(i).weight
     sc = Shortcut(matrix.shape[0], matrix.shape[1], device=ref.device, dtype=ref.dtype)
     sc.weight.copy_(matrix.T.to(device=ref.device, dtype=ref.dtype))
     setattr(layer, NAMES[kind], sc)
-    sc.attach(norm, block)
+    sc.attach(norm, block, layer)
     extra = dict(getattr(layer, "statprune_extra", {}))
     extra[kind] = [sc]
     layer.statprune_extra = extra
