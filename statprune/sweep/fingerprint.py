@@ -73,9 +73,14 @@ def resolve_options(method: str, options: Mapping[str, Any] | None) -> dict[str,
 
 def fingerprinted(opts: Any) -> dict[str, Any]:
     """An options dataclass as a dict, without the fields that sit at a neutral default."""
-    out = dataclasses.asdict(opts)
-    for f in dataclasses.fields(opts):
-        if f.metadata.get("neutral_default") and getattr(opts, f.name) == f.default:
+    return without_neutral(type(opts), dataclasses.asdict(opts))
+
+
+def without_neutral(cls: type, resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """``resolved`` (an options dataclass of type ``cls`` as a dict) less the fields at a neutral default."""
+    out = dict(resolved)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("neutral_default") and f.name in out and out[f.name] == f.default:
             del out[f.name]
     return out
 

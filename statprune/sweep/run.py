@@ -30,11 +30,12 @@ from typing import Any
 
 from statprune import __version__
 from statprune.errors import StatpruneError
+from statprune.methods import METHODS
 from statprune.provenance import git_commit, peak_memory_bytes, versions
 from statprune.sweep import owners
 from statprune.sweep import tracking as tracking_mod
 from statprune.sweep.config import RunConfig, thaw
-from statprune.sweep.fingerprint import RECORD_FORMAT, expected_stamp, outdated_reason, stamp
+from statprune.sweep.fingerprint import RECORD_FORMAT, expected_stamp, outdated_reason, stamp, without_neutral
 from statprune.sweep.store import FINAL, RunStore, atomic_write_json, exclusive, now_iso, read_json
 from statprune.sweep.tracking import TrackingConfig
 
@@ -256,7 +257,9 @@ def execute(cfg: RunConfig, store: RunStore, say: Any = print) -> dict[str, Any]
         say(f"dense {cfg.task}/{cfg.eval_split}: {_fmt(dense)}" + (" (cached)" if dense_cached else ""))
     run = run_prune(job, model=model, tokenizer=tokenizer, timer=timer, say=say)
     report = run.result.to_dict()
-    resolved = report.pop("options")  # one copy in the record: method_options_resolved
+    # one copy in the record: method_options_resolved (less options at a neutral default, as the
+    # fingerprint that resumes compare against)
+    resolved = without_neutral(METHODS.get(cfg.method)[1], report.pop("options"))
     with timer("eval"):
         metrics = run_eval()
         say(

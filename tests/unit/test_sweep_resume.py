@@ -164,3 +164,25 @@ def test_an_option_at_its_neutral_default_leaves_earlier_records_current() -> No
     old = fingerprinted(Before())
     assert fingerprinted(After()) == {**old, "precision": "auto"}  # neutral left out, the other not
     assert fingerprinted(After(bound=0.1)) == {**old, "bound": 0.1, "precision": "auto"}
+
+
+def test_a_method_with_neutral_options_writes_records_that_resume_as_done(tmp_path):
+    """STAT has options at neutral defaults: the record leaves them out, as the expected stamp does,
+    so a fresh record is done, not outdated."""
+    from statprune.stat.prune import StatOptions
+
+    neutral = [f.name for f in dataclasses.fields(StatOptions) if f.metadata.get("neutral_default")]
+    assert neutral  # the case this test is about
+    text = SPEC.format(sparsities=[0.2]).replace(
+        'name = "magnitude"\noptions = { score = "in" }', 'name = "stat"'
+    )
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text(text)
+    spec = load_spec(spec_path)
+    store = RunStore(tmp_path / "results", spec.study)
+    runs = spec.runs()
+    assert launch(spec, store, runs, INLINE, echo=lambda _: None).final["done"] == 1
+    rec = store.read(runs[0].run_id)
+    assert not set(neutral) & set(rec["method_options_resolved"])
+    assert rec["fingerprint"] == expected_stamp("stat", {})["fingerprint"]
+    assert plan(store, runs)[0].state.status == "done"
