@@ -102,7 +102,15 @@ def test_slurm_array_failure_and_resume(slurm_cluster, tmp_path, capsys):
     report = launch(spec, store, runs, opts, echo=lambda _: None)
     took = time.monotonic() - t0
     recs = store.records()
-    assert report.final == {"done": 1, "running": 0, "failed": 1, "cancelled": 0, "stale": 0, "missing": 0}
+    assert report.final == {
+        "done": 1,
+        "outdated": 0,
+        "running": 0,
+        "failed": 1,
+        "cancelled": 0,
+        "stale": 0,
+        "missing": 0,
+    }
     array_ids = {r["slurm_job_id"].split("_")[0] for r in recs.values()}
     assert len(array_ids) == 1 and all("_" in r["slurm_job_id"] for r in recs.values())  # one job array
     failed = next(r for r in recs.values() if r["status"] == "failed")
