@@ -327,13 +327,16 @@ def _short(v: Any) -> str:
 
 
 def _join_dense_reference(frame: pd.DataFrame) -> pd.DataFrame:
-    """Replace per-record dense metrics with the reference of the run's (model, task): their mean
-    (the sweep caches one dense evaluation per model/task, so the records agree anyway)."""
+    """Replace per-record dense metrics with the reference of the run's dense evaluation: their mean
+    over the runs sharing model, fine-tune, task, split, length and dtype (the sweep caches one dense
+    evaluation per such key, so the records agree anyway; a dev run's dense score is not a test one)."""
     dense_cols = [c for c in frame if c.startswith("dense.")]
     if not dense_cols:
         return frame
-    ref = frame.groupby(["model", "task"], dropna=False)[dense_cols].mean().reset_index()
-    return frame.drop(columns=dense_cols).merge(ref, on=["model", "task"], how="left")
+    keys = [k for k in ("model", "finetune", "task", "eval_split", "max_length", "dtype") if k in frame]
+    frame = frame.copy()
+    frame[dense_cols] = frame.groupby(keys, dropna=False)[dense_cols].transform("mean")
+    return frame
 
 
 # --------------------------------------------------------------------------- derived views
