@@ -26,13 +26,16 @@ def report(capsys: pytest.CaptureFixture, msg: str) -> None:
         print(f"\n[slurm] {msg}", end="")
 
 
-def sacct_field(job_id: str, field: str, *, timeout: float = 20) -> str:
-    """One accounting field of a job (allocation line), waiting until slurmdbd has the record."""
+def sacct_field(job_id: str, field: str, *, timeout: float = 20, until: tuple[str, ...] = ()) -> str:
+    """One accounting field of a job (allocation line), waiting until slurmdbd has the record (and,
+    with ``until``, until the field takes one of those values: accounting trails the job's result
+    file, so a finished job can still read RUNNING for a moment on a loaded machine)."""
     deadline = time.monotonic() + timeout
     while True:
         out = slurm_cmd("sacct", "-n", "-X", "-P", "-j", job_id, "-o", field).stdout.strip()
-        if out or time.monotonic() > deadline:
-            return out.splitlines()[0] if out else ""
+        value = out.splitlines()[0] if out else ""
+        if (value and (not until or value in until)) or time.monotonic() > deadline:
+            return value
         time.sleep(0.5)
 
 
@@ -66,7 +69,7 @@ def test_single_job(make_executor, capsys):
     report(capsys, f"single job {job.job_id}: submit -> result {time.monotonic() - start:.1f}s")
     assert result["value"] == 42
     assert result["slurm_job_id"] == job.job_id
-    assert sacct_field(job.job_id, "State") == "COMPLETED"
+    assert sacct_field(job.job_id, "State", until=("COMPLETED", "FAILED", "CANCELLED")) == "COMPLETED"
 
 
 def test_map_array(make_executor, capsys):
