@@ -11,7 +11,8 @@ built in a fresh process too:
 model and on the saved checkpoint, each in its own fresh process, twice in alternation (dense,
 pruned, dense, pruned) so that process-to-process variation shows. Every ``time`` run warms up and
 reports medians: eager forward (8 × 128 and 32 × 128), its CUDA-graph replay, ``generate`` at batch
-1 and 16, the decode step (eager and graph), optionally ``torch.compile``; plus the facts that decide
+1 and 16, the decode step (eager and graph), optionally stock ``generate`` with a static cache (which
+transformers compiles); plus the facts that decide
 eager speed (attention implementation, dtypes, non-contiguous weights, misaligned widths) and the
 profiler's top CUDA kernels of one eager forward. The record holds everything; a table is printed.
 """
@@ -183,7 +184,7 @@ def _fresh(model: str, compile: bool, work: Path, tag: str) -> dict[str, Any]:
 def cmd_all(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"config": vars(args) | {"func": None}, "made": cmd_make(args)}
+    record: dict[str, Any] = {"config": vars(args), "made": cmd_make(args)}
     runs = []
     for rep in range(args.repeats):
         runs.append({"dense": _fresh(f"random:{args.shape}", args.compile, work, f"dense{rep}")})
