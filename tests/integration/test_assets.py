@@ -15,7 +15,7 @@ from statprune.errors import StatpruneError
 
 pytestmark = pytest.mark.integration
 
-ALIASES = ["minilm-l6", "movie-sentiment", "smollm2-135m", "sotu"]
+ALIASES = ["minilm-l6", "moby-dick", "movie-sentiment", "smollm2-135m", "sotu"]
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +23,13 @@ def fetched() -> dict[str, Path]:
     return assets.fetch(progress=True)  # real cache: downloads/converts only the first time
 
 
-def test_fetch_all_four(fetched: dict[str, Path]) -> None:
+def test_fetch_all(fetched: dict[str, Path]) -> None:
     assert sorted(fetched) == ALIASES
     assert (fetched["minilm-l6"] / "model.safetensors").stat().st_size == 90_868_376
     assert (fetched["smollm2-135m"] / "model.safetensors").stat().st_size > 500e6  # fp32, dequantised
     assert (fetched["movie-sentiment"] / "movieReviewSnippets_GroundTruth.txt").is_file()
     assert len(list((fetched["sotu"] / "data").glob("*.json"))) == 233
+    assert len(list((fetched["moby-dick"] / "data").glob("*.txt"))) == 138
     for folder in fetched.values():
         manifest = json.loads((folder / assets.MANIFEST).read_text())
         assert manifest["alias"] == folder.name and len(manifest["sha256"]) == 64
