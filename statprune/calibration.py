@@ -16,6 +16,7 @@ layer at a time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch import nn
 
 from statprune.adapters import Adapter
 from statprune.errors import StatpruneError
-from statprune.streaming import LayerStreamer
+from statprune.streaming import LayerStreamer, device_free_bytes
 
 
 @dataclass
@@ -70,6 +71,10 @@ def make_calibration(
 
 class _Captured(Exception):
     pass
+
+
+class _Stop(Exception):
+    """Raised by the hook of ``LayerWalk.run``'s ``stop_after`` module: the rest of the layer is not needed."""
 
 
 def _first(out: object) -> torch.Tensor:
@@ -168,22 +173,37 @@ class LayerWalk:
         hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]] | None = None,
         *,
         keep_outputs: bool = True,
+        stop_after: nn.Module | None = None,
     ) -> list[torch.Tensor]:
-        """Run layer ``i`` on every batch; ``hooks[module](x, mask)`` sees each module's input."""
+        """Run layer ``i`` on every batch; ``hooks[module](x, mask)`` sees each module's input.
+
+        ``stop_after`` (a key of ``hooks``): end each batch's forward once that module's hook has
+        run, when only statistics up to it are needed (no outputs then).
+        """
+        if stop_after is not None and (keep_outputs or stop_after not in (hooks or {})):
+            raise ValueError("stop_after needs keep_outputs=False and a hook on that module")
         layer = self.adapter.layers()[i]
         dtype = self.adapter.dtype
         handles = []
         current: dict[str, torch.Tensor] = {}
         for mod, fn in (hooks or {}).items():
 
-            def pre(_m: nn.Module, args: tuple, fn: Callable = fn) -> None:
+            def pre(_m: nn.Module, args: tuple, fn: Callable = fn, stop: bool = mod is stop_after) -> None:
                 fn(args[0], current["mask"])
+                if stop:
+                    raise _Stop
 
             handles.append(mod.register_forward_pre_hook(pre))
         outs: list[torch.Tensor] = []
         try:
             for b, h in enumerate(self.hidden):
                 current["mask"] = self.masks[b]
+                if stop_after is not None:
+                    try:
+                        layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b])
+                    except _Stop:
+                        continue
+                    raise StatpruneError(f"layer {i}'s forward never reached the module to stop after")
                 out = _first(layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b]))
                 if not torch.isfinite(out[self.masks[b]]).all():
                     raise StatpruneError(
@@ -205,6 +225,81 @@ class LayerWalk:
     def energy(self) -> float:
         """Squared Frobenius norm of the current hidden states over real tokens."""
         return float(sum(self._load(h)[m].double().pow(2).sum() for h, m in zip(self.hidden, self.masks)))
+
+
+class FfnReplay:
+    """Layer ``i``'s outputs after its FFN neurons were pruned, without running the layer again.
+
+    Where the adapter names the residual the layer adds its down projection's output to
+    (:meth:`~statprune.adapters.Adapter.ffn_residual`), the forward that feeds the FFN Gram also
+    records, per batch, that residual and the down projection's input h; once the neurons are kept
+    (and W2 corrected), each output is residual + down_proj(h[..., kept]): the operations the layer
+    would run, without attention and the FFN's input linears (float noise apart: the row-sliced
+    input GEMMs of a rerun may round differently). Recorded in the model's dtype on the walk's
+    device (:func:`ffn_replay_fits` decides whether they fit).
+    """
+
+    def __init__(self, walk: LayerWalk, i: int) -> None:
+        self.walk, self.i = walk, i
+        self.residual: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+
+    def hooks(
+        self, hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]]
+    ) -> dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]]:
+        """``hooks`` plus the recording ones (composed where they share a module)."""
+        out = dict(hooks)
+        points = (
+            (self.walk.adapter.ffn_residual(self.i), self.residual),
+            (self.walk.adapter.down_proj(self.i), self.inputs),
+        )
+        for mod, store in points:
+            out[mod] = _recording(out.get(mod), store)
+        return out
+
+    def outputs(self, kept: torch.Tensor | None) -> list[torch.Tensor]:
+        """The layer's outputs with the (pruned) down projection; ``kept``: the kept neurons, in the
+        order of the down projection's new columns (None: all)."""
+        down = self.walk.adapter.down_proj(self.i)
+        outs = []
+        for b, (res, h) in enumerate(zip(self.residual, self.inputs)):
+            if kept is not None:
+                h = h.index_select(-1, kept.to(h.device))
+            out = res + down(h)
+            if not torch.isfinite(out[self.walk.masks[b]]).all():
+                raise StatpruneError(f"NaN/inf activations at layer {self.i} after pruning its FFN")
+            outs.append(self.walk._store(out))
+        self.residual, self.inputs = [], []
+        return outs
+
+
+def _recording(
+    inner: Callable[[torch.Tensor, torch.Tensor], None] | None, store: list[torch.Tensor]
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    def record(x: torch.Tensor, mask: torch.Tensor) -> None:
+        if inner is not None:
+            inner(x, mask)
+        store.append(x.detach().clone())
+
+    return record
+
+
+def ffn_replay_fits(walk: LayerWalk) -> bool:
+    """Whether :class:`FfnReplay` applies: the adapter names the FFN residual, the hidden states are
+    not offloaded, and one layer's recordings take at most a quarter of the free memory."""
+    adapter = walk.adapter
+    if walk.offload or adapter.ffn_residual(0) is None:
+        return False
+    width = max(adapter.down_proj(i).in_features for i in range(adapter.num_layers)) + adapter.hidden_size
+    need = sum(h.shape[0] * h.shape[1] for h in walk.hidden) * width * adapter.dtype.itemsize
+    if walk.device.type == "cuda":
+        free = device_free_bytes(walk.device)
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return False
+    return need <= free // 4
 
 
 GramPrecision = Literal["auto", "exact_products", "float64"]

@@ -171,6 +171,13 @@ class Adapter(ABC):
         """The FFN module of layer ``i``, whose output is added to the residual stream."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its FFN module")
 
+    def ffn_residual(self, i: int) -> nn.Module | None:
+        """A module whose input is the residual stream to which layer ``i`` adds its down
+        projection's output, the sum being the layer's output (nothing after the down projection:
+        no norm, scale or dropout in eval mode); None where the layer is not of that form. Lets a
+        walk finish a layer from recorded FFN inputs (:class:`statprune.calibration.FfnReplay`)."""
+        return None
+
     def embeddings(self) -> nn.Embedding:
         """The token embedding (transformers' generic accessor)."""
         return self.model.get_input_embeddings()

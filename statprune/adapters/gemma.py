@@ -33,6 +33,9 @@ class GemmaAdapter(LlamaAdapter):
     def post_attention_norm(self, i: int) -> nn.Module:
         return self._no_plain_residual()
 
+    def ffn_residual(self, i: int) -> nn.Module | None:
+        return None  # the FFN output passes through post_feedforward_layernorm first
+
     def final_norm(self) -> nn.Module:
         return self._no_plain_residual()
 
