@@ -69,6 +69,9 @@ def make_calibration(
     return Calibration(batches=batches, num_examples=n, indices=idx)
 
 
+Hook = Callable[[torch.Tensor, torch.Tensor], None]  # hook(x, mask): a module's input, real tokens
+
+
 class _Captured(Exception):
     pass
 
@@ -170,18 +173,22 @@ class LayerWalk:
     def run(
         self,
         i: int,
-        hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]] | None = None,
+        hooks: dict[nn.Module, Hook] | None = None,
         *,
         keep_outputs: bool = True,
         stop_after: nn.Module | None = None,
+        forward: Callable[[int], object] | None = None,
     ) -> list[torch.Tensor]:
         """Run layer ``i`` on every batch; ``hooks[module](x, mask)`` sees each module's input.
 
         ``stop_after`` (a key of ``hooks``): end each batch's forward once that module's hook has
-        run, when only statistics up to it are needed (no outputs then).
+        run, when only statistics up to it are needed (no outputs then). ``forward(b)``: what to run
+        on batch ``b`` instead of the layer (part of it, :class:`LayerReplay`; no outputs then).
         """
-        if stop_after is not None and (keep_outputs or stop_after not in (hooks or {})):
-            raise ValueError("stop_after needs keep_outputs=False and a hook on that module")
+        if (stop_after is not None or forward is not None) and keep_outputs:
+            raise ValueError("stop_after and forward give no outputs (keep_outputs=False)")
+        if stop_after is not None and stop_after not in (hooks or {}):
+            raise ValueError("stop_after needs a hook on that module")
         layer = self.adapter.layers()[i]
         dtype = self.adapter.dtype
         handles = []
@@ -198,12 +205,17 @@ class LayerWalk:
         try:
             for b, h in enumerate(self.hidden):
                 current["mask"] = self.masks[b]
-                if stop_after is not None:
+                if stop_after is not None or forward is not None:
                     try:
-                        layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b])
+                        if forward is not None:
+                            forward(b)
+                        else:
+                            layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b])
                     except _Stop:
                         continue
-                    raise StatpruneError(f"layer {i}'s forward never reached the module to stop after")
+                    if stop_after is not None:
+                        raise StatpruneError(f"layer {i}'s forward never reached the module to stop after")
+                    continue
                 out = _first(layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b]))
                 if not torch.isfinite(out[self.masks[b]]).all():
                     raise StatpruneError(
@@ -227,55 +239,73 @@ class LayerWalk:
         return float(sum(self._load(h)[m].double().pow(2).sum() for h, m in zip(self.hidden, self.masks)))
 
 
-class FfnReplay:
-    """Layer ``i``'s outputs after its FFN neurons were pruned, without running the layer again.
+class LayerReplay:
+    """STAT's apply walk on a layer with a plain pre-norm residual, without rerunning the layer.
 
-    Where the adapter names the residual the layer adds its down projection's output to
-    (:meth:`~statprune.adapters.Adapter.ffn_residual`), the forward that feeds the FFN Gram also
-    records, per batch, that residual and the down projection's input h; once the neurons are kept
-    (and W2 corrected), each output is residual + down_proj(h[..., kept]): the operations the layer
-    would run, without attention and the FFN's input linears (float noise apart: the row-sliced
-    input GEMMs of a rerun may round differently). Recorded in the model's dtype on the walk's
-    device (:func:`ffn_replay_fits` decides whether they fit).
+    Where the adapter says ``plain_residual`` (layer(x) = m + ffn(norm₂(m)), m = x + W_O·z, z the
+    out projection's input, h the down projection's input), one stopped forward per sublayer does:
+
+    1. :meth:`attention_hooks`: the forward that feeds the head Gram (stopped at W_O) records z;
+    2. :meth:`ffn_inputs`, after the heads were pruned: m = x + W_O'·z[kept], then norm₂ and the FFN's
+       input linears on m (stopped at W2), with the caller's hooks on W2, recording h;
+    3. :meth:`outputs`, after the neurons were pruned: m + W2'·h[kept].
+
+    These are the operations a rerun of the pruned layer performs minus attention (twice) and the
+    FFN's input linears, up to float noise (the rerun's row-sliced GEMMs may round differently).
+    Recordings are in the model's dtype on the walk's device (:func:`replay_fits` decides).
     """
 
     def __init__(self, walk: LayerWalk, i: int) -> None:
         self.walk, self.i = walk, i
-        self.residual: list[torch.Tensor] = []
-        self.inputs: list[torch.Tensor] = []
+        self.z: list[torch.Tensor] = []
+        self.m: list[torch.Tensor] = []
+        self.h: list[torch.Tensor] = []
 
-    def hooks(
-        self, hooks: dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]]
-    ) -> dict[nn.Module, Callable[[torch.Tensor, torch.Tensor], None]]:
-        """``hooks`` plus the recording ones (composed where they share a module)."""
-        out = dict(hooks)
-        points = (
-            (self.walk.adapter.ffn_residual(self.i), self.residual),
-            (self.walk.adapter.down_proj(self.i), self.inputs),
+    def attention_hooks(self, hooks: dict[nn.Module, Hook]) -> dict[nn.Module, Hook]:
+        """``hooks`` with W_O's hook also recording z."""
+        out_proj = self.walk.adapter.out_proj(self.i)
+        return {**hooks, out_proj: _recording(hooks.get(out_proj), self.z)}
+
+    def ffn_inputs(self, kept_dims: torch.Tensor | None, hooks: dict[nn.Module, Hook]) -> None:
+        """Run the FFN's first half on m = x + W_O'·z[kept_dims] (None: all), ``hooks`` seeing W2's input."""
+        adapter, walk = self.walk.adapter, self.walk
+        out_proj, down = adapter.out_proj(self.i), adapter.down_proj(self.i)
+        norm, ffn = adapter.post_attention_norm(self.i), adapter.ffn(self.i)
+
+        def forward(b: int) -> None:
+            z = self.z[b] if kept_dims is None else self.z[b].index_select(-1, kept_dims.to(self.z[b].device))
+            self.z[b] = torch.empty(0)  # freed as the walk goes
+            m = walk._load(walk.hidden[b]).to(adapter.dtype) + out_proj(z)
+            self.m.append(m)
+            ffn(norm(m))
+
+        walk.run(
+            self.i,
+            {**hooks, down: _recording(hooks.get(down), self.h)},
+            keep_outputs=False,
+            stop_after=down,
+            forward=forward,
         )
-        for mod, store in points:
-            out[mod] = _recording(out.get(mod), store)
-        return out
+        self.z = []
 
     def outputs(self, kept: torch.Tensor | None) -> list[torch.Tensor]:
-        """The layer's outputs with the (pruned) down projection; ``kept``: the kept neurons, in the
-        order of the down projection's new columns (None: all)."""
+        """The layer's outputs with the pruned down projection; ``kept``: the kept neurons, in the
+        order of its new columns (None: all)."""
         down = self.walk.adapter.down_proj(self.i)
         outs = []
-        for b, (res, h) in enumerate(zip(self.residual, self.inputs)):
+        for b, (m, h) in enumerate(zip(self.m, self.h)):
             if kept is not None:
                 h = h.index_select(-1, kept.to(h.device))
-            out = res + down(h)
+            out = m + down(h)
             if not torch.isfinite(out[self.walk.masks[b]]).all():
-                raise StatpruneError(f"NaN/inf activations at layer {self.i} after pruning its FFN")
+                raise StatpruneError(f"NaN/inf activations at layer {self.i} after pruning")
             outs.append(self.walk._store(out))
-        self.residual, self.inputs = [], []
+            self.m[b] = self.h[b] = torch.empty(0)
+        self.m, self.h = [], []
         return outs
 
 
-def _recording(
-    inner: Callable[[torch.Tensor, torch.Tensor], None] | None, store: list[torch.Tensor]
-) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _recording(inner: Hook | None, store: list[torch.Tensor]) -> Hook:
     def record(x: torch.Tensor, mask: torch.Tensor) -> None:
         if inner is not None:
             inner(x, mask)
@@ -284,13 +314,13 @@ def _recording(
     return record
 
 
-def ffn_replay_fits(walk: LayerWalk) -> bool:
-    """Whether :class:`FfnReplay` applies: the adapter names the FFN residual, the hidden states are
+def replay_fits(walk: LayerWalk) -> bool:
+    """Whether :class:`LayerReplay` applies: the adapter has a plain residual, the hidden states are
     not offloaded, and one layer's recordings take at most a quarter of the free memory."""
     adapter = walk.adapter
-    if walk.offload or adapter.ffn_residual(0) is None:
+    if walk.offload or not adapter.plain_residual:
         return False
-    width = max(adapter.down_proj(i).in_features for i in range(adapter.num_layers)) + adapter.hidden_size
+    width = max(adapter.down_proj(i).in_features for i in range(adapter.num_layers)) + 2 * adapter.hidden_size
     need = sum(h.shape[0] * h.shape[1] for h in walk.hidden) * width * adapter.dtype.itemsize
     if walk.device.type == "cuda":
         free = device_free_bytes(walk.device)

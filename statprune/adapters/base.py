@@ -100,6 +100,10 @@ class Adapter(ABC):
 
     model_types: tuple[str, ...] = ()
     pre_norm: bool = True
+    # layer(x) = m + ffn(post_attention_norm(m)), m = x + out_proj(z), ffn's output = down_proj's
+    # (no norm, scale or dropout after either projection in eval mode): a walk may then finish a
+    # layer from recorded projection inputs (statprune.calibration.LayerReplay)
+    plain_residual: bool = False
     gated_ffn: bool = False
     prunable: frozenset[str] = CAPABILITIES
 
@@ -170,13 +174,6 @@ class Adapter(ABC):
     def ffn(self, i: int) -> nn.Module:
         """The FFN module of layer ``i``, whose output is added to the residual stream."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its FFN module")
-
-    def ffn_residual(self, i: int) -> nn.Module | None:
-        """A module whose input is the residual stream to which layer ``i`` adds its down
-        projection's output, the sum being the layer's output (nothing after the down projection:
-        no norm, scale or dropout in eval mode); None where the layer is not of that form. Lets a
-        walk finish a layer from recorded FFN inputs (:class:`statprune.calibration.FfnReplay`)."""
-        return None
 
     def embeddings(self) -> nn.Embedding:
         """The token embedding (transformers' generic accessor)."""

@@ -20,6 +20,7 @@ from statprune.adapters.registry import register_adapter
 class GemmaAdapter(LlamaAdapter):
     model_types = ("gemma2", "gemma3_text")
     causal = True
+    plain_residual = False  # attention and FFN outputs pass through their own norms first
     prunable = frozenset({"heads", "neurons"})
 
     def _no_plain_residual(self) -> nn.Module:
@@ -32,9 +33,6 @@ class GemmaAdapter(LlamaAdapter):
 
     def post_attention_norm(self, i: int) -> nn.Module:
         return self._no_plain_residual()
-
-    def ffn_residual(self, i: int) -> nn.Module | None:
-        return None  # the FFN output passes through post_feedforward_layernorm first
 
     def final_norm(self) -> nn.Module:
         return self._no_plain_residual()

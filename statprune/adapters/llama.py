@@ -21,6 +21,7 @@ class LlamaAdapter(Adapter):
     pre_norm = True
     gated_ffn = True
     causal = True
+    plain_residual = True
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.layers
@@ -47,9 +48,6 @@ class LlamaAdapter(Adapter):
 
     def post_attention_norm(self, i: int) -> nn.Module:
         return self.layers()[i].post_attention_layernorm
-
-    def ffn_residual(self, i: int) -> nn.Module | None:
-        return self.post_attention_norm(i)  # output = residual + mlp(norm(residual))
 
     def final_norm(self) -> nn.Module:
         return self.model.base_model.norm

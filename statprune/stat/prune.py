@@ -64,7 +64,7 @@ from statprune.allocation import (
     parse_protect,
     round_neurons,
 )
-from statprune.calibration import Calibration, FfnReplay, Gram, LayerWalk, ffn_replay_fits
+from statprune.calibration import Calibration, Gram, LayerReplay, LayerWalk, replay_fits
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, neutral, register_method
@@ -356,21 +356,24 @@ def apply_pruning(
 ) -> None:
     if opts.correction_target == "dense":
         return _apply_dense_target(adapter, walk, kept, opts, timer, progress)
-    replay = opts.repropagate and ffn_replay_fits(walk)
+    # repropagate: every pass but the last stops where its statistic is taken; with a plain
+    # residual (calibration.LayerReplay) the layer is finished from recorded projection inputs
+    replay = opts.repropagate and replay_fits(walk)
     for i in tqdm(range(adapter.num_layers), desc="stat: prune", disable=not progress):
         k_heads, k_neurons = kept[(i, "heads")], kept[(i, "neurons")]
         _fetch(walk, i, timer)
+        rec = LayerReplay(walk, i) if replay else None
         grams = _grams(adapter, i, walk.device, True, not opts.repropagate, opts, seed, 1)
+        hooks = _hooks(grams, timer)
         with timer("calibration_forward"):
-            # repropagate: only the head Gram is used, so each batch stops at W_O's input
             outs = walk.run(
                 i,
-                _hooks(grams, timer),
+                rec.attention_hooks(hooks) if rec else hooks,
                 keep_outputs=not opts.repropagate,
                 stop_after=adapter.out_proj(i) if opts.repropagate else None,
             )
         with timer("weight_update"):
-            prune_heads(
+            kept_dims = prune_heads(
                 adapter,
                 i,
                 grams["heads"][1].G,
@@ -383,10 +386,12 @@ def apply_pruning(
             )
         if opts.repropagate:
             grams = _grams(adapter, i, walk.device, False, True, opts, seed, 1)
-            rec = FfnReplay(walk, i) if replay else None
             hooks = _hooks(grams, timer)
             with timer("calibration_forward"):
-                walk.run(i, rec.hooks(hooks) if rec else hooks, keep_outputs=False)
+                if rec:
+                    rec.ffn_inputs(kept_dims, hooks)
+                else:
+                    walk.run(i, hooks, keep_outputs=False, stop_after=adapter.down_proj(i))
         with timer("weight_update"):
             kept_neurons = prune_neurons(
                 adapter,
@@ -399,7 +404,6 @@ def apply_pruning(
             )
         if opts.repropagate:
             with timer("calibration_forward"):
-                # the FFN's recorded inputs give the outputs; else run the pruned layer again
                 outs = rec.outputs(kept_neurons) if rec else walk.run(i)
         _release(walk, i, timer, modified=True)
         walk.advance(outs)
