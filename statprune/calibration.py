@@ -16,6 +16,8 @@ layer at a time.
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -325,11 +327,23 @@ def replay_fits(walk: LayerWalk) -> bool:
     if walk.device.type == "cuda":
         free = device_free_bytes(walk.device)
     else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return False
+        free = _host_available_bytes()
     return need <= free // 4
+
+
+def _host_available_bytes() -> int:
+    """Host memory available without swapping (MemAvailable: free plus reclaimable cache); 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 GramPrecision = Literal["auto", "exact_products", "float64"]
@@ -352,7 +366,8 @@ class Gram:
       at c = 2048; measured on SmolLM2 and MiniLM activations ‖ΔG‖_F/‖G‖_F ≤ 3.3e-7 at every hook
       point (benchmarks/cpu_gram.py), the order of the rounding that computing the activations in
       float32 has already put into X. A chunk whose float32 diagonal reaches 1e38 (some partial
-      sum may have overflowed) is redone in ``dtype``.
+      sum may have overflowed) is redone in ``dtype``. Only the column blocks on and above the
+      diagonal are multiplied (:func:`_upper_blocks`), then mirrored: G is exactly symmetric.
     * ``float64``: every product and sum in ``dtype``.
     """
 
@@ -385,10 +400,12 @@ class Gram:
         elif rows.device.type == "cpu" and self._float32_ok(rows.dtype):
             for s in range(0, rows.shape[0], self.chunk_rows):
                 r = rows[s : s + self.chunk_rows].float()
-                g = torch.mm(r.T, r)
+                blocks = _upper_blocks(r)
                 # every partial sum |Σ x_ti·x_tj| ≤ max(G_ii, G_jj): a finite diagonal means no overflow
-                if float(g.diagonal().max()) < 1e38:
-                    self.G.add_(g)
+                if max(float(g[:, : a - a0].diagonal().max()) for a0, a, g in blocks) < 1e38:
+                    for a0, a, g in blocks:
+                        self.G[a0:a, a0:].add_(g)
+                        self.G[a:, a0:a].add_(g[:, a - a0 :].T)
                 else:
                     self._exact(r)
         else:
@@ -404,6 +421,17 @@ class Gram:
 
 
 CPU_CHUNK_ROWS = 2048  # float32 partial sums over at most this many tokens (error bound above)
+GRAM_BLOCK = 256  # column block of the CPU Gram: blocks on and above the diagonal only
+
+
+def _upper_blocks(r: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+    """rᵀr's block rows on and right of the diagonal, ``(start, end, r[:, start:end]ᵀ r[:, start:])``:
+    (k + 1)/2k of the full GEMM's work for k blocks (0.58 at d = 1536), 1.6× faster on one core;
+    every entry is the same dot product over the same rows as in the full product."""
+    d = r.shape[1]
+    k = max(1, math.ceil(d / GRAM_BLOCK))
+    cuts = [d * j // k for j in range(k + 1)]
+    return [(a0, a, torch.mm(r[:, a0:a].T, r[:, a0:])) for a0, a in itertools.pairwise(cuts)]
 
 
 _HALF_GRAM_OK: bool | None = None

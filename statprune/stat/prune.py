@@ -8,7 +8,10 @@ Two walks over the layers:
    W2 correction). With ``repropagate=true`` (default) every statistic comes from the model pruned so
    far: the FFN Gram is taken after the layer's attention was pruned, and the next layer sees the
    pruned layer's output. With ``repropagate=false`` all statistics come from the original model (the
-   released OPT code's single pass).
+   released OPT code's single pass). The head-Gram and FFN-Gram forwards stop at W_O's resp. W2's
+   input; families with a plain pre-norm residual (``adapter.plain_residual``: Llama, Qwen, Mistral,
+   Phi-3) replay the rest from recorded inputs (:class:`~statprune.calibration.LayerReplay`): per
+   layer, one attention forward, then W_O', the FFN's input linears and W2' — not three full layers.
 
 Placement and scale (options ``device``, ``hidden_device``, ``sketch``): the walk runs on ``device``
 (default: where the model is; ``auto``: CUDA when available); the calibration hidden states stay on
