@@ -317,10 +317,13 @@ def _recording(inner: Hook | None, store: list[torch.Tensor]) -> Hook:
 
 
 def replay_fits(walk: LayerWalk) -> bool:
-    """Whether :class:`LayerReplay` applies: the adapter has a plain residual, the hidden states are
-    not offloaded, and one layer's recordings take at most a quarter of the free memory."""
+    """Whether :class:`LayerReplay` applies: the adapter has a plain residual, no module of a layer
+    has a forward hook that could change its output (e.g. SliceGPT's shortcuts), the hidden states
+    are not offloaded, and one layer's recordings take at most a quarter of the free memory."""
     adapter = walk.adapter
     if walk.offload or not adapter.plain_residual:
+        return False
+    if any(m._forward_hooks for m in adapter.layers().modules()):
         return False
     width = max(adapter.down_proj(i).in_features for i in range(adapter.num_layers)) + 2 * adapter.hidden_size
     need = sum(h.shape[0] * h.shape[1] for h in walk.hidden) * width * adapter.dtype.itemsize
