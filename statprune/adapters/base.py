@@ -100,6 +100,10 @@ class Adapter(ABC):
 
     model_types: tuple[str, ...] = ()
     pre_norm: bool = True
+    # layer(x) = m + ffn(post_attention_norm(m)), m = x + out_proj(z), ffn's output = down_proj's
+    # (no norm, scale or dropout after either projection in eval mode): a walk may then finish a
+    # layer from recorded projection inputs (statprune.calibration.LayerReplay)
+    plain_residual: bool = False
     gated_ffn: bool = False
     prunable: frozenset[str] = CAPABILITIES
 

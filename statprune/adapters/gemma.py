@@ -20,6 +20,7 @@ from statprune.adapters.registry import register_adapter
 class GemmaAdapter(LlamaAdapter):
     model_types = ("gemma2", "gemma3_text")
     causal = True
+    plain_residual = False  # attention and FFN outputs pass through their own norms first
     prunable = frozenset({"heads", "neurons"})
 
     def _no_plain_residual(self) -> nn.Module:

@@ -21,6 +21,7 @@ class LlamaAdapter(Adapter):
     pre_norm = True
     gated_ffn = True
     causal = True
+    plain_residual = True
 
     def layers(self) -> nn.ModuleList:
         return self.model.base_model.layers

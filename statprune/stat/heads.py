@@ -142,17 +142,18 @@ def prune_heads(
     cross: torch.Tensor | None = None,
     damping: float = 0.0,
     selection: str = "qr",
-) -> None:
+) -> torch.Tensor | None:
     """Keep the first ``k_units`` units of layer ``i``; fold the least-squares fit into W_O.
 
     ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`;
     ``selection``: ``qr`` (the paper's pivoted-QR order) or ``exact`` (:func:`select_units`).
+    Returns W_O's kept input dimensions (sorted), or None when all are kept.
     """
     shape = adapter.layer_shape(i)
     W_O = adapter.out_proj(i).weight
     units = select_units(G, W_O, shape, mode, k_units, selection=selection, rel_tol=rel_tol)
     if k_units >= len(units):
-        return
+        return None
     hd = shape.head_dim
     kept_heads = torch.cat(units[:k_units]).sort().values
     kept_dims = head_dims(kept_heads, hd).to(G.device)
@@ -167,3 +168,4 @@ def prune_heads(
         W_new = W[:, kept_dims]
     adapter.keep_heads(i, kept_heads)
     adapter.replace_out_proj(i, W_new)
+    return kept_dims

@@ -75,15 +75,16 @@ def prune_neurons(
     rel_tol: float,
     cross: torch.Tensor | None = None,
     damping: float = 0.0,
-) -> None:
+) -> torch.Tensor | None:
     """Keep ``k`` neurons of layer ``i`` chosen by the scaled ID; fold the interpolation into W2.
 
-    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`.
+    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`. Returns the
+    kept neurons (sorted, on the CPU), or None when all are kept.
     """
     down = adapter.down_proj(i)
     n = down.in_features
     if k >= n:
-        return
+        return None
     W2 = down.weight.detach().double().to(G.device)
     G = G.double()
     Gs, D = _scaled(G, W2)
@@ -96,5 +97,7 @@ def prune_neurons(
         W_new = (_unit_columns(W2, D) @ T.T) * D[kept][None, :]
     else:
         W_new = W2[:, kept]
-    adapter.keep_neurons(i, kept.cpu())
+    kept = kept.cpu()
+    adapter.keep_neurons(i, kept)
     adapter.replace_down_proj(i, W_new)
+    return kept

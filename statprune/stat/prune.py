@@ -8,7 +8,10 @@ Two walks over the layers:
    W2 correction). With ``repropagate=true`` (default) every statistic comes from the model pruned so
    far: the FFN Gram is taken after the layer's attention was pruned, and the next layer sees the
    pruned layer's output. With ``repropagate=false`` all statistics come from the original model (the
-   released OPT code's single pass).
+   released OPT code's single pass). The head-Gram and FFN-Gram forwards stop at W_O's resp. W2's
+   input; families with a plain pre-norm residual (``adapter.plain_residual``: Llama, Qwen, Mistral,
+   Phi-3) replay the rest from recorded inputs (:class:`~statprune.calibration.LayerReplay`): per
+   layer, one attention forward, then W_O', the FFN's input linears and W2' — not three full layers.
 
 Placement and scale (options ``device``, ``hidden_device``, ``sketch``): the walk runs on ``device``
 (default: where the model is; ``auto``: CUDA when available); the calibration hidden states stay on
@@ -64,7 +67,7 @@ from statprune.allocation import (
     parse_protect,
     round_neurons,
 )
-from statprune.calibration import Calibration, Gram, LayerWalk
+from statprune.calibration import Calibration, Gram, LayerReplay, LayerWalk, replay_fits
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, neutral, register_method
@@ -356,14 +359,24 @@ def apply_pruning(
 ) -> None:
     if opts.correction_target == "dense":
         return _apply_dense_target(adapter, walk, kept, opts, timer, progress)
+    # repropagate: every pass but the last stops where its statistic is taken; with a plain
+    # residual (calibration.LayerReplay) the layer is finished from recorded projection inputs
+    replay = opts.repropagate and replay_fits(walk)
     for i in tqdm(range(adapter.num_layers), desc="stat: prune", disable=not progress):
         k_heads, k_neurons = kept[(i, "heads")], kept[(i, "neurons")]
         _fetch(walk, i, timer)
+        rec = LayerReplay(walk, i) if replay else None
         grams = _grams(adapter, i, walk.device, True, not opts.repropagate, opts, seed, 1)
+        hooks = _hooks(grams, timer)
         with timer("calibration_forward"):
-            outs = walk.run(i, _hooks(grams, timer), keep_outputs=not opts.repropagate)
+            outs = walk.run(
+                i,
+                rec.attention_hooks(hooks) if rec else hooks,
+                keep_outputs=not opts.repropagate,
+                stop_after=adapter.out_proj(i) if opts.repropagate else None,
+            )
         with timer("weight_update"):
-            prune_heads(
+            kept_dims = prune_heads(
                 adapter,
                 i,
                 grams["heads"][1].G,
@@ -376,10 +389,14 @@ def apply_pruning(
             )
         if opts.repropagate:
             grams = _grams(adapter, i, walk.device, False, True, opts, seed, 1)
+            hooks = _hooks(grams, timer)
             with timer("calibration_forward"):
-                walk.run(i, _hooks(grams, timer), keep_outputs=False)
+                if rec:
+                    rec.ffn_inputs(kept_dims, hooks)
+                else:
+                    walk.run(i, hooks, keep_outputs=False, stop_after=adapter.down_proj(i))
         with timer("weight_update"):
-            prune_neurons(
+            kept_neurons = prune_neurons(
                 adapter,
                 i,
                 grams["neurons"][1].G,
@@ -390,7 +407,7 @@ def apply_pruning(
             )
         if opts.repropagate:
             with timer("calibration_forward"):
-                outs = walk.run(i)
+                outs = rec.outputs(kept_neurons) if rec else walk.run(i)
         _release(walk, i, timer, modified=True)
         walk.advance(outs)
 

@@ -83,3 +83,14 @@ def test_stat_keeps_same_units_with_float32_grams(family):
     err64 = rel_err(out64, ref)
     assert rel_err(out32, out64) < 1e-2 * err64
     assert rel_err(out32, ref) == pytest.approx(err64, rel=1e-3)
+
+
+def test_cpu_float32_gram_multiplies_upper_blocks_into_an_exactly_symmetric_matrix():
+    x, mask = _rows(n=700, d=600)  # 600 columns: 3 blocks of GRAM_BLOCK = 256
+    g = Gram(600, torch.device("cpu"), precision="auto")
+    g(x[0], mask[0])
+    rows = x[0][mask[0]]
+    full = torch.mm(rows.T, rows).double()  # the float32 product of every block pair
+    assert torch.equal(g.G, g.G.T)
+    assert float((g.G - full).norm() / full.norm()) < 1e-6
+    assert float((g.G - full).abs().max()) <= 1e-6 * float(full.abs().max())
