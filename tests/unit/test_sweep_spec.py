@@ -202,7 +202,10 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
         ("minilm_movie.toml", 108),
         ("smollm2_sotu.toml", 36),
         ("smollm2_sotu_cpu.toml", 12),
-        ("calib_ablation.toml", 111),
+        ("smollm2_stat_variants.toml", 48),
+        ("smollm2_moby.toml", 7),
+        ("calib_ablation.toml", 54),
+        ("calib_ablation_smollm2.toml", 21),
     ],
 )
 def test_experiment_specs_load(name, runs):
