@@ -213,8 +213,16 @@ def _metric_phrase(info: MetricInfo) -> str:
 
 
 def _seeds_phrase(frame: pd.DataFrame) -> str:
-    n = frame.loc[frame["status"].eq("done"), "seed"].nunique()
-    return "single seed" if n <= 1 else f"mean ± std over {n} seeds"
+    """How many seeds a cell averages; says so per method when methods ran different numbers."""
+    done = frame[frame["status"].eq("done")]
+    per = done.groupby("method_label")["seed"].nunique() if "method_label" in done else pd.Series()
+    n = done["seed"].nunique()
+    if n <= 1:
+        return "single seed"
+    if per.nunique() > 1:
+        many = ", ".join(method_display(m, m) for m in sorted(per[per > 1].index))
+        return f"mean ± std over {per.max()} seeds for {many} (cells with ±), single seed otherwise"
+    return f"mean ± std over {n} seeds"
 
 
 def _title(frame: pd.DataFrame) -> str:

@@ -421,3 +421,15 @@ def test_report_of_a_study_without_records_says_what_to_run(tmp_path):
 def test_sweep_command_relative_to_cwd(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert sweep_command(tmp_path / "x.toml", retry_failed=True) == "statprune sweep x.toml --retry-failed"
+
+
+def test_seeds_phrase_says_which_methods_averaged_seeds():
+    import pandas as pd
+
+    from statprune.analysis.tables import _seeds_phrase
+
+    rows = [("stat", s) for s in (0, 1, 2)] + [("kwon", 0)]
+    frame = pd.DataFrame([{"method_label": m, "seed": s, "status": "done"} for m, s in rows])
+    assert _seeds_phrase(frame) == ("mean ± std over 3 seeds for STAT (cells with ±), single seed otherwise")
+    assert _seeds_phrase(frame[frame.method_label == "stat"]) == "mean ± std over 3 seeds"
+    assert _seeds_phrase(frame[frame.method_label == "kwon"]) == "single seed"
