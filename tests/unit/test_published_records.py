@@ -79,3 +79,19 @@ def test_figures_from_published_records_reproduce_the_committed_outputs(tmp_path
     # the index below its header (whose link to the manifest depends on where docs_dir is)
     index = (manifest.docs_dir / "README.md").read_text()
     assert (tmp_path / "docs" / "README.md").read_text().partition("\n## ")[2] == index.partition("\n## ")[2]
+
+
+def test_readme_tables_are_the_committed_docs_tables():
+    """The README embeds tables between ``<!-- table: ID -->`` and ``<!-- /table -->``; each must be
+    the committed docs/figures/ID.md (itself checked against the records above), so the README's
+    numbers come from the records."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"<!-- table: (\S+) -->\n(.*?)\n<!-- /table -->", text, re.S)
+    assert blocks, "the README embeds no committed table"
+    docs = load_manifest(MANIFEST).docs_dir
+    for table_id, body in blocks:
+        committed = docs / f"{table_id}.md"
+        assert committed.is_file(), f"README embeds {table_id}, which docs/figures/ does not hold"
+        assert body.strip() == committed.read_text().strip(), f"README's {table_id} differs; copy it again"
