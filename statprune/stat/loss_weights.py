@@ -71,7 +71,8 @@ def output_grad_weights(
         return out
 
     acc = {
-        key: torch.zeros(adapter.hidden_size, dtype=torch.float64, device=device) for key in points.values()
+        key: torch.zeros(mod.weight.shape[0], dtype=torch.float64, device=device)
+        for mod, key in points.items()
     }
     n_tokens = 0
     flags = [(p, p.requires_grad) for p in model.parameters()]
