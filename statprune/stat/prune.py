@@ -524,9 +524,9 @@ def stat_prune(
     home = adapter.device
     device = resolve_device(options.device, home)
     streamed = _stream_weights(options.weights, model, home, device)
-    stream = LayerStreamer(adapter.layers(), device) if streamed else None
     if streamed and options.error_norm == "loss":
         raise StatpruneError("error_norm=loss needs the whole model on the device (not weights=stream)")
+    stream = LayerStreamer(adapter.layers(), device) if streamed else None
     if streamed:
         move_outside_layers(model, adapter.layers(), device)
     elif device != home:
@@ -534,16 +534,21 @@ def stat_prune(
     timer = _Timer(device, options.profile)
     store = _store_dtype(options.store_dtype)
     offload = _offload(options.hidden_device, adapter, calib, device, store)
+
+    def loss_weights() -> Weights | None:  # of the model as it is now (partly pruned after round 1)
+        if options.error_norm != "loss":
+            return None
+        with timer("loss_gradients"):
+            return output_grad_weights(model, adapter, calib, device, progress=options.progress)
+
     try:
+        weights = loss_weights()  # before the walk holds the calibration hidden states
         with timer("calibration_forward"):
             walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload, stream=stream)
         removed = 0.0
         for r in range(1, options.rounds + 1):  # rounds > 1: re-measure the partly pruned model
-            weights = None
-            if options.error_norm == "loss":  # of the model as it is now (partly pruned after round 1)
-                with timer("loss_gradients"):
-                    weights = output_grad_weights(model, adapter, calib, device, progress=options.progress)
             if r > 1:
+                weights = loss_weights()
                 with timer("calibration_forward"):
                     walk.capture()
             curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed, weights)

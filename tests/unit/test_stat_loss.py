@@ -134,7 +134,8 @@ def test_a_layer_whose_outputs_do_not_move_the_loss_is_pruned_first(rule):
 
 @pytest.mark.parametrize("family", ["llama", "bert"])
 @pytest.mark.parametrize("rule", ["share", "greedy"])
-def test_loss_weighted_prune_meets_the_flops_target_within_one_unit(family, rule):
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_loss_weighted_prune_meets_the_flops_target_within_one_unit(family, rule, rounds):
     model = tiny_model(family, layers=3)
     ad = get_adapter(model)
     s = ad.layer_shape(0)
@@ -144,7 +145,13 @@ def test_loss_weighted_prune_meets_the_flops_target_within_one_unit(family, rule
         model,
         random_calibration(n=8, length=SEQ),
         Target(0.4, SEQ),
-        options={"progress": False, "allocation": rule, "neuron_multiple": 1, "error_norm": "loss"},
+        options={
+            "progress": False,
+            "allocation": rule,
+            "neuron_multiple": 1,
+            "error_norm": "loss",
+            "rounds": rounds,
+        },
     )
     assert 0.4 - 1e-9 <= res.sparsity_achieved < 0.4 + unit + 1e-9, (res.sparsity_achieved, unit)
     assert res.timings["loss_gradients"] > 0
