@@ -573,5 +573,11 @@ def stat_prune(
             "device": str(device),
             "hidden_offloaded": offload,
             "weights_streamed": streamed,
+            # error_norm=loss: Σ_d g_l[d] per sub-block (the last round's), to read the allocation
+            **(
+                {"loss_weight_totals": {f"{i}.{k}": float(g.sum()) for (i, k), g in sorted(weights.items())}}
+                if weights is not None
+                else {}
+            ),
         },
     )

@@ -155,6 +155,7 @@ def test_loss_weighted_prune_meets_the_flops_target_within_one_unit(family, rule
     )
     assert 0.4 - 1e-9 <= res.sparsity_achieved < 0.4 + unit + 1e-9, (res.sparsity_achieved, unit)
     assert res.timings["loss_gradients"] > 0
+    assert len(res.diagnostics["loss_weight_totals"]) == 6
 
 
 def test_loss_norm_refuses_the_reference_rule():
