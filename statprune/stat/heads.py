@@ -66,13 +66,27 @@ def subset_error(G: torch.Tensor, W: torch.Tensor, dims: torch.Tensor, total: fl
 
 
 def exact_units(
-    G: torch.Tensor, W_O: torch.Tensor, units: list[torch.Tensor], hd: int
+    G: torch.Tensor,
+    W_O: torch.Tensor,
+    units: list[torch.Tensor],
+    hd: int,
+    out_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[list[int]]]:
     """(errors[k], best[k]): for every k, the k-subset of ``units`` with the least output-space
-    error (every subset enumerated; ``head_selection=exact``) and that error."""
+    error (every subset enumerated; ``head_selection=exact``) and that error. ``out_weight`` (√g over
+    W_O's rows, ``error_norm=loss``): the subsets are still chosen by the unweighted error; the
+    errors returned are theirs with W_O's rows scaled by it (stat/loss_weights.py)."""
     G = G.double()
     W = W_O.detach().double().to(G.device)
     total = float((W @ G * W).sum())
+    if out_weight is not None:
+        errors, best = exact_units(G, W_O, units, hd)
+        Wg = W * out_weight.double().to(G.device)[:, None]
+        total_g = float((Wg @ G * Wg).sum())
+        for k, S in enumerate(best):
+            dims = torch.cat([head_dims(units[u], hd) for u in S]) if S else torch.zeros(0, dtype=torch.long)
+            errors[k] = subset_error(G, Wg, dims.to(G.device), total_g)
+        return errors, best
     n = len(units)
     errors = torch.zeros(n + 1, dtype=torch.float64)
     best: list[list[int]] = []

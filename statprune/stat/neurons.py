@@ -25,19 +25,23 @@ def _unit_columns(W2: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
 
 
 def neuron_curve(
-    G: torch.Tensor, W2: torch.Tensor, *, rel_tol: float
+    G: torch.Tensor, W2: torch.Tensor, *, rel_tol: float, out_weight: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(errors, pivot_values, id_residual) when keeping the first k pivots of the scaled ID.
 
     errors[k] = ‖(Z − Ẑ_k) W2ᵀ‖_F², exact for the pivot order chosen (trace of W2 S_k W2ᵀ with S_k
     the Schur complement), so attention and FFN errors are in the same units for allocation.
     pivot_values[j] = |R_jj| and id_residual[k] = ‖R[k:, k:]‖_F = ‖ZD − (ZD)_k‖_F of the scaled
-    problem (what the released code reads); zero beyond the numerical rank.
+    problem (what the released code reads); zero beyond the numerical rank. ``out_weight`` (√g over
+    W2's rows, ``error_norm=loss``): same pivot order; errors with W2 replaced by diag(√g)·W2 and
+    |R_jj| by |R_jj|·D_g[p_j]/D[p_j] (derivation in stat/loss_weights.py); id_residual unweighted.
     """
     G = G.double()
     Gs, D = _scaled(G, W2)
     chol = pivoted_cholesky(Gs, rel_tol=rel_tol)
     W2d = W2.double().to(G.device)
+    if out_weight is not None:
+        W2d = W2d * out_weight.double().to(G.device)[:, None]
     total = float((W2d @ G * W2d).sum())
     gain = (_unit_columns(W2d, D.to(G.device)) @ chol.L).pow(2).sum(0)
     n = G.shape[0]
@@ -47,6 +51,12 @@ def neuron_curve(
     errors[chol.rank + 1 :] = errors[chol.rank]
     pivots = torch.zeros(n, dtype=torch.float64)
     pivots[: chol.rank] = chol.pivot_values.cpu()
+    if out_weight is not None:  # scaling ZD's columns by D_g/D scales R's columns alike
+        Dc = D.cpu()
+        ratio = torch.where(
+            Dc > 0, W2d.norm(dim=0).cpu() / Dc.clamp_min(torch.finfo(torch.float64).tiny), 0.0
+        )
+        pivots[: chol.rank] *= ratio[chol.perm[: chol.rank].cpu()]
     id_residual = torch.zeros(n + 1, dtype=torch.float64)
     id_residual[: chol.rank + 1] = chol.residual.clamp_min(0.0).sqrt()
     return errors, pivots, id_residual

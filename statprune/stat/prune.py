@@ -43,7 +43,12 @@ Issue 15 variants, all off by default (docs/STAT_VARIANTS.md): ``max_layer_depar
 ``protect_layers`` bound each block's removal (:func:`statprune.allocation.bound_curves`);
 ``correction_target=dense`` and ``damping`` change the correction (:mod:`statprune.stat.dense`);
 ``head_selection=exact`` enumerates head-unit subsets; ``error_norm=depth_fit`` smooths the layer
-normalisation over depth; ``rounds`` re-measures between parts of the budget.
+normalisation over depth; ``rounds`` re-measures between parts of the budget. ``error_norm=loss``
+(``share``/``greedy``): before each measure walk one backward pass over the calibration batches
+gives g_l = E_t[(∂L/∂y_l)²] for every sub-block output y_l (W_O's, W_down's), and each layer's errors
+become Σ_d g_l[d]·‖(C − Ĉ)W_outᵀ[:, d]‖² — W_out's rows scaled by √g_l in the curves, no per-layer
+division; unit selection and the correction are unchanged (derivation in
+:mod:`statprune.stat.loss_weights`).
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from statprune.stat.allocate import StatCurve, exp_depth_fit, reference_allocati
 from statprune.stat.dense import PairedGrams, dense_walk
 from statprune.stat.heads import EXACT_MAX_UNITS, exact_units, head_curve, head_units, prune_heads
 from statprune.stat.id import clear_workspaces
+from statprune.stat.loss_weights import Weights, output_grad_weights
 from statprune.stat.neurons import neuron_curve, prune_neurons
 from statprune.streaming import LayerStreamer, device_free_bytes, module_bytes, move_outside_layers
 from statprune.timing import StageTimer
@@ -87,7 +93,7 @@ class StatOptions:
     correction: bool = True
     repropagate: bool = True
     gqa: Literal["group", "uniform"] = "group"
-    error_norm: Literal["residual", "median", "trimmed", "none", "depth_fit"] = "residual"
+    error_norm: Literal["residual", "median", "trimmed", "none", "depth_fit", "loss"] = "residual"
     head_share: float | None = None
     rel_tol: float = 1e-12
     device: str | None = None
@@ -128,6 +134,10 @@ class StatOptions:
             raise StatpruneError(f"rounds must be at least 1, got {self.rounds}")
         if self.rounds > 1 and self.allocation == "reference":
             raise StatpruneError("rounds > 1 needs allocation=share or greedy (reference needs equal layers)")
+        if self.error_norm == "loss" and self.allocation == "reference":
+            raise StatpruneError(
+                "error_norm=loss needs allocation=share or greedy (reference reads raw statistics)"
+            )
         if self.damping < 0:
             raise StatpruneError(f"damping must be non-negative, got {self.damping}")
         if self.correction_target == "dense" and not self.repropagate:
@@ -224,10 +234,11 @@ def layer_scale(walk: LayerWalk, norm: str) -> float:
     ``residual``: the squared Frobenius norm, which a few outliers can dominate in a decoder.
     ``median``: tokens × the median per-token energy (ignores a few outlier tokens, e.g. attention
     sinks); ``trimmed``: the per-dimension energies without the largest 1% of dimensions (at least
-    one), rescaled to all dimensions (ignores a few massive-activation dimensions). ``none`` and
-    ``depth_fit`` (applied once every layer is measured, :func:`depth_fit_normalise`): 1.
+    one), rescaled to all dimensions (ignores a few massive-activation dimensions). ``none``,
+    ``depth_fit`` (applied once every layer is measured, :func:`depth_fit_normalise`) and ``loss``
+    (the curves are loss-weighted instead, :mod:`statprune.stat.loss_weights`): 1.
     """
-    if norm in ("none", "depth_fit"):
+    if norm in ("none", "depth_fit", "loss"):
         return 1.0
     if norm == "residual":
         return walk.energy()
@@ -269,7 +280,11 @@ def measure_curves(
     timer: _Timer,
     progress: bool,
     seed: int = 0,
+    weights: Weights | None = None,
 ) -> list[BlockCurve]:
+    """Every block's error curve; ``weights`` (``error_norm=loss``): g per sub-block output."""
+    if (opts.error_norm == "loss") != (weights is not None):
+        raise StatpruneError("error_norm=loss and loss weights go together")
     curves: list[BlockCurve] = []
     for i in tqdm(range(adapter.num_layers), desc="stat: measure", disable=not progress):
         scale = layer_scale(walk, opts.error_norm)
@@ -279,17 +294,20 @@ def measure_curves(
             outs = walk.run(i, _hooks(grams, timer))
         shape = adapter.layer_shape(i)
         costs = unit_costs(adapter, i, target.seq_len)
+        sg_h = sg_n = None  # √g over W_O's / W_down's rows (error_norm=loss)
+        if weights is not None:
+            sg_h, sg_n = weights[(i, "heads")].sqrt(), weights[(i, "neurons")].sqrt()
         with timer("factorization"):
             G_att = grams["heads"][1].G
+            W_O = adapter.out_proj(i).weight
             units = head_units(G_att, shape, opts.gqa, rel_tol=opts.rel_tol)
             if opts.head_selection == "exact" and len(units) <= EXACT_MAX_UNITS:
-                h_err = exact_units(G_att, adapter.out_proj(i).weight, units, shape.head_dim)[0]
+                h_err = exact_units(G_att, W_O, units, shape.head_dim, out_weight=sg_h)[0]
             else:
-                h_err = head_curve(
-                    G_att, adapter.out_proj(i).weight, units, shape.head_dim, rel_tol=opts.rel_tol
-                )
+                W_h = W_O if sg_h is None else W_O.double() * sg_h.to(W_O.device)[:, None]
+                h_err = head_curve(G_att, W_h, units, shape.head_dim, rel_tol=opts.rel_tol)
             n_err, piv, id_res = neuron_curve(
-                grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol
+                grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol, out_weight=sg_n
             )
         unit_size = len(units[0])
         head_unit_flops = (
@@ -506,6 +524,8 @@ def stat_prune(
     home = adapter.device
     device = resolve_device(options.device, home)
     streamed = _stream_weights(options.weights, model, home, device)
+    if streamed and options.error_norm == "loss":
+        raise StatpruneError("error_norm=loss needs the whole model on the device (not weights=stream)")
     stream = LayerStreamer(adapter.layers(), device) if streamed else None
     if streamed:
         move_outside_layers(model, adapter.layers(), device)
@@ -514,15 +534,24 @@ def stat_prune(
     timer = _Timer(device, options.profile)
     store = _store_dtype(options.store_dtype)
     offload = _offload(options.hidden_device, adapter, calib, device, store)
+
+    def loss_weights() -> Weights | None:  # of the model as it is now (partly pruned after round 1)
+        if options.error_norm != "loss":
+            return None
+        with timer("loss_gradients"):
+            return output_grad_weights(model, adapter, calib, device, progress=options.progress)
+
     try:
+        weights = loss_weights()  # before the walk holds the calibration hidden states
         with timer("calibration_forward"):
             walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload, stream=stream)
         removed = 0.0
         for r in range(1, options.rounds + 1):  # rounds > 1: re-measure the partly pruned model
             if r > 1:
+                weights = loss_weights()
                 with timer("calibration_forward"):
                     walk.capture()
-            curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed)
+            curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed, weights)
             amount = target.flops_to_remove * r / options.rounds - removed
             with timer("allocation"):
                 kept = allocate(adapter, curves, target, options, to_remove=amount)
@@ -544,5 +573,11 @@ def stat_prune(
             "device": str(device),
             "hidden_offloaded": offload,
             "weights_streamed": streamed,
+            # error_norm=loss: Σ_d g_l[d] per sub-block (the last round's), to read the allocation
+            **(
+                {"loss_weight_totals": {f"{i}.{k}": float(g.sum()) for (i, k), g in sorted(weights.items())}}
+                if weights is not None
+                else {}
+            ),
         },
     )

@@ -203,6 +203,7 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
         ("smollm2_sotu.toml", 36),
         ("smollm2_sotu_cpu.toml", 12),
         ("smollm2_stat_variants.toml", 48),
+        ("smollm2_stat_loss.toml", 24),
         ("smollm2_moby.toml", 7),
         ("calib_ablation.toml", 27),
         ("calib_ablation_smollm2.toml", 21),

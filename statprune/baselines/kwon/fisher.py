@@ -99,8 +99,11 @@ def _lm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return labels
 
 
-def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The loss Kwon et al. differentiate: the task loss, or the LM loss for causal decoders."""
+def task_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, *, method: str = "kwon"
+) -> torch.Tensor:
+    """The loss Kwon et al. differentiate: the task loss, or the LM loss for causal decoders (the mean
+    over :func:`loss_terms`); ``method`` names the caller in errors (STAT's ``error_norm=loss`` too)."""
     inputs = model_inputs(batch, device)
     if is_causal_lm(model):
         out = model(**inputs, labels=_lm_labels(batch).to(device), use_cache=False)
@@ -110,13 +113,21 @@ def task_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: to
         }
         if not targets:
             raise StatpruneError(
-                "kwon needs labelled calibration data for an encoder (the Fisher is taken of the task "
-                "loss); use a classification/regression/QA task"
+                f"{method} needs labelled calibration data for an encoder (its gradient is taken of the "
+                "task loss); use a classification/regression/QA task"
             )
         out = model(**inputs, **targets)
     if getattr(out, "loss", None) is None:
-        raise StatpruneError("kwon: the model returned no loss for the calibration labels")
+        raise StatpruneError(f"{method}: the model returned no loss for the calibration labels")
     return out.loss
+
+
+def loss_terms(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """How many terms :func:`task_loss` averages: predicted tokens (labels shifted by one) for causal
+    LMs, examples otherwise."""
+    if is_causal_lm(model):
+        return float((_lm_labels(batch)[:, 1:] != IGNORE_INDEX).sum())
+    return float(batch["input_ids"].shape[0])
 
 
 def _micro_batches(
@@ -130,10 +141,7 @@ def _micro_batches(
     if per >= rows:
         return [(batch, 1.0)]
     pieces = [{k: v[s : s + per] for k, v in batch.items()} for s in range(0, rows, per)]
-    if is_causal_lm(model):  # mean over the predicted tokens (labels shifted by one, as in the loss)
-        counts = [float((_lm_labels(p)[:, 1:] != IGNORE_INDEX).sum()) for p in pieces]
-    else:  # mean over examples
-        counts = [float(p["input_ids"].shape[0]) for p in pieces]
+    counts = [loss_terms(model, p) for p in pieces]
     total = sum(counts)
     return [(p, c / total) for p, c in zip(pieces, counts) if c > 0]
 
