@@ -19,14 +19,13 @@ import functools
 import re
 from pathlib import Path
 
-from statprune.data.origin import asset_provenance, local_provenance
+from statprune.data.packaged import asset_data_folder, packaged_lm_task
 from statprune.data.tasks import TASKS, LMTask, Row
 from statprune.errors import StatpruneError
 
 DEV_FIRST_CHAPTER = 88
 TEST_FIRST_CHAPTER = 111
 LAST_CHAPTER = 135
-WINDOW = 512
 _FRONT = {"etymology": -1, "extracts": 0}  # before chapter 1, in the book's order
 _EPILOGUE = LAST_CHAPTER + 1
 _CHAPTER = re.compile(r"chapter_(\d+)")
@@ -70,26 +69,20 @@ def _read_sections(folder: str) -> tuple[Row, ...]:
 
 def moby_dick_rows(split: str, *, folder: Path | None = None) -> list[Row]:
     """Sections of one canonical split, in the book's order."""
-    if folder is None:
-        from statprune.assets import asset_path
-
-        folder = asset_path("moby-dick") / "data"
-    return [dict(r) for r in _read_sections(str(folder)) if chapter_split(r["chapter"]) == split]
+    return [
+        dict(r)
+        for r in _read_sections(str(asset_data_folder("moby-dick", folder)))
+        if chapter_split(r["chapter"]) == split
+    ]
 
 
 def moby_dick_task(folder: Path | None = None, *, name: str = "moby-dick") -> LMTask:
     """The Moby-Dick LM task over the packaged asset (``folder=None``) or a folder of section files."""
-    return LMTask(
+    return packaged_lm_task(
         name=name,
-        kind="lm",
-        num_labels=0,
-        metric_names=("perplexity",),
-        flops_seq_len=float(WINDOW),
-        max_length=WINDOW,
-        loader=functools.partial(moby_dick_rows, folder=folder),
-        origin=functools.partial(local_provenance, folder)
-        if folder is not None
-        else functools.partial(asset_provenance, "moby-dick", "data"),
+        alias="moby-dick",
+        rows=moby_dick_rows,
+        folder=folder,
         description="Melville, Moby-Dick; train front matter + ch. 1–87, dev ch. 88–110, "
         "test ch. 111–135 + epilogue",
     )

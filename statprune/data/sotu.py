@@ -12,13 +12,12 @@ import functools
 import json
 from pathlib import Path
 
-from statprune.data.origin import asset_provenance, local_provenance
+from statprune.data.packaged import asset_data_folder, packaged_lm_task
 from statprune.data.tasks import TASKS, LMTask, Row
 from statprune.errors import StatpruneError
 
 TRAIN_LAST_YEAR = 2009
 DEV_LAST_YEAR = 2015
-WINDOW = 512
 
 
 def year_split(year: int) -> str:
@@ -52,26 +51,20 @@ def _read_addresses(folder: str) -> tuple[Row, ...]:
 
 def sotu_rows(split: str, *, folder: Path | None = None) -> list[Row]:
     """Addresses of one canonical split, ordered by (year, id)."""
-    if folder is None:
-        from statprune.assets import asset_path
-
-        folder = asset_path("sotu") / "data"
-    return [dict(r) for r in _read_addresses(str(folder)) if year_split(r["year"]) == split]
+    return [
+        dict(r)
+        for r in _read_addresses(str(asset_data_folder("sotu", folder)))
+        if year_split(r["year"]) == split
+    ]
 
 
 def sotu_task(folder: Path | None = None, *, name: str = "sotu") -> LMTask:
     """The SOTU LM task over the packaged asset (``folder=None``) or a folder of JSON files like its ``data/``."""
-    return LMTask(
+    return packaged_lm_task(
         name=name,
-        kind="lm",
-        num_labels=0,
-        metric_names=("perplexity",),
-        flops_seq_len=float(WINDOW),
-        max_length=WINDOW,
-        loader=functools.partial(sotu_rows, folder=folder),
-        origin=functools.partial(local_provenance, folder)
-        if folder is not None
-        else functools.partial(asset_provenance, "sotu", "data"),
+        alias="sotu",
+        rows=sotu_rows,
+        folder=folder,
         description="State of the Union addresses; train ≤ 2009, dev 2010–2015, test 2016–2021",
     )
 
