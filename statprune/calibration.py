@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torch import nn
 
 from statprune.adapters import Adapter
 from statprune.errors import StatpruneError
-from statprune.streaming import LayerStreamer, device_free_bytes
+from statprune.streaming import LayerStreamer, free_bytes
 
 
 @dataclass
@@ -327,26 +326,7 @@ def replay_fits(walk: LayerWalk) -> bool:
         return False
     width = max(adapter.down_proj(i).in_features for i in range(adapter.num_layers)) + 2 * adapter.hidden_size
     need = sum(h.shape[0] * h.shape[1] for h in walk.hidden) * width * adapter.dtype.itemsize
-    if walk.device.type == "cuda":
-        free = device_free_bytes(walk.device)
-    else:
-        free = _host_available_bytes()
-    return need <= free // 4
-
-
-def _host_available_bytes() -> int:
-    """Host memory available without swapping (MemAvailable: free plus reclaimable cache); 0 if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    return need <= free_bytes(walk.device) // 4
 
 
 GramPrecision = Literal["auto", "exact_products", "float64"]

@@ -15,6 +15,7 @@ costs a full host copy and locks the RAM for the process's lifetime).
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -76,6 +77,27 @@ def device_free_bytes(device: torch.device) -> int:
     if get_fraction is not None:
         free = min(free, int(get_fraction(device) * total) - allocated)
     return max(free, 0)
+
+
+def _host_available_bytes() -> int:
+    """Host memory available without swapping (MemAvailable: free plus reclaimable cache); 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory still available where ``device`` keeps tensors: :func:`device_free_bytes` on CUDA,
+    host memory (MemAvailable) otherwise."""
+    return device_free_bytes(device) if device.type == "cuda" else _host_available_bytes()
 
 
 def move_outside_layers(model: nn.Module, layers: nn.ModuleList, device: torch.device) -> None:
