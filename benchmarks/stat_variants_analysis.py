@@ -49,9 +49,6 @@ def load_variants(folder: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise StatpruneError(f"no finished run records in {folder}")
     frame["variant"] = frame["name"].map(variant_of)
-    frame["predicted_error"] = [
-        json.loads(Path(p).read_text())["prune"]["diagnostics"]["predicted_error"] for p in frame["path"]
-    ]
     frame["ppl_increase"] = frame["metric.perplexity"] / frame["dense.perplexity"] - 1.0
     options = frame["method_options"].map(json.loads)
     frame["same_scale"] = [not any(k in o for k in OTHER_SCALE_OPTIONS) for o in options]

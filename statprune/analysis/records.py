@@ -193,6 +193,8 @@ def _flatten_record(rec: Mapping[str, Any], path: Path, study: str) -> dict[str,
         prune_seconds=_number(prune.get("prune_seconds", timings.get("prune_seconds"))),
         total_seconds=_number(timings.get("total_seconds")),
         peak_memory_bytes=_number(rec.get("peak_memory_bytes", prune.get("peak_memory_bytes"))),
+        # STAT's own prediction of its output error (``prune.diagnostics``); NaN for other methods
+        predicted_error=_number((prune.get("diagnostics") or {}).get("predicted_error")),
         error_type=error.get("type"),
         error_message=error.get("message"),
         started=rec.get("started"),
