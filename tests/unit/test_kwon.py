@@ -18,7 +18,15 @@ from statprune.baselines.kwon.tune import solve_scales, tune_masks
 from statprune.errors import StatpruneError
 from statprune.flops import prunable_flops, unit_costs
 from statprune.pruner import Target, prune
-from tests.unit.tiny import FAMILIES, POST_SUBLAYER_NORM, outputs, random_calibration, rel_err, tiny_model
+from tests.unit.tiny import (
+    FAMILIES,
+    POST_SUBLAYER_NORM,
+    module_inputs,
+    outputs,
+    random_calibration,
+    rel_err,
+    tiny_model,
+)
 
 SEQ = 20
 QUIET = {"progress": False, "batch_size": 8}
@@ -244,10 +252,7 @@ def test_attention_lsmr_matches_the_released_definition():
     model = tiny_model("bert").double()
     ad = get_adapter(model)
     calib = random_calibration(n=8)
-    contexts = []
-    handle = ad.out_proj(0).register_forward_pre_hook(lambda _m, args: contexts.append(args[0]))
-    outputs(model, calib)
-    handle.remove()
+    contexts = module_inputs(model, ad.out_proj(0), calib)
     hd, H = ad.head_dim, ad.layer_shape(0).num_heads
     C = torch.cat([c[b["attention_mask"].bool()] for c, b in zip(contexts, calib.batches)])  # tokens × H·hd
     W = ad.out_proj(0).weight.detach()  # d × H·hd
@@ -421,10 +426,7 @@ def test_last_ffn_of_a_classifier_is_fitted_on_the_first_token(cls_only):
     model = tiny_model("bert", layers=1).double()
     ad = get_adapter(model)
     calib = random_calibration(n=8)
-    zs = []
-    handle = ad.down_proj(0).register_forward_pre_hook(lambda _m, args: zs.append(args[0]))
-    outputs(model, calib)
-    handle.remove()
+    zs = module_inputs(model, ad.down_proj(0), calib)
     rows = [z[:, :1] if cls_only else z[b["attention_mask"].bool()] for z, b in zip(zs, calib.batches)]
     Z = torch.cat([r.reshape(-1, r.shape[-1]) for r in rows])  # tokens × neurons
     W2 = ad.down_proj(0).weight.detach()

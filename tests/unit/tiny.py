@@ -162,5 +162,16 @@ def outputs(model: torch.nn.Module, calib: Calibration) -> torch.Tensor:
     return torch.cat(outs)
 
 
+def module_inputs(model: torch.nn.Module, module: torch.nn.Module, calib: Calibration) -> list[torch.Tensor]:
+    """The input ``module`` receives on each batch while ``model`` runs over ``calib``."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        outputs(model, calib)
+    finally:
+        handle.remove()
+    return seen
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
