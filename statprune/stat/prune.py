@@ -49,11 +49,21 @@ gives g_l = E_t[(∂L/∂y_l)²] for every sub-block output y_l (W_O's, W_down's
 become Σ_d g_l[d]·‖(C − Ĉ)W_outᵀ[:, d]‖² — W_out's rows scaled by √g_l in the curves, no per-layer
 division; unit selection and the correction are unchanged (derivation in
 :mod:`statprune.stat.loss_weights`).
+
+Cheap ablation (:mod:`statprune.stat.curve_cache`): with ``STATPRUNE_CURVE_CACHE=1`` in the
+environment, round 1's curves (and loss weights) are stored on disk under a hash of the model's
+weights and config, the calibration batches, the seed, device and dtype, ``seq_len``, the FLOPs
+model, the measuring code, and every option except :data:`AFTER_MEASURE`; a later run with the
+same key (e.g. another ``allocation``) skips the measure walk, with bit-identical results.
+``diagnostics.curves_cache`` says ``hit``, ``miss`` or ``off``. An environment switch, not an
+option: a cache changes neither run ids nor fingerprints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +86,7 @@ from statprune.calibration import Calibration, Gram, LayerReplay, LayerWalk, rep
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, neutral, register_method
+from statprune.stat import curve_cache
 from statprune.stat.allocate import StatCurve, exp_depth_fit, reference_allocation, share_allocation
 from statprune.stat.dense import PairedGrams, dense_walk
 from statprune.stat.heads import EXACT_MAX_UNITS, exact_units, head_curve, head_units, prune_heads
@@ -149,6 +160,33 @@ class StatOptions:
                 parse_protect(self.protect_layers, 1)
             except ValueError as e:
                 raise StatpruneError(str(e)) from None
+
+
+# The options that leave round 1's curves unchanged (they act after the measure pass, or only on
+# display/timing): the only ones left out of the curve-cache key (statprune/stat/curve_cache.py).
+# Deny by default: an option not listed here is in the key. List one only when measure_curves and
+# output_grad_weights provably ignore it.
+AFTER_MEASURE = frozenset(
+    {
+        "allocation",  # allocate
+        "head_share",  # allocate (share)
+        "neuron_multiple",  # allocate (round_neurons)
+        "max_layer_departure",  # allocate (bound_curves)
+        "protect_layers",  # allocate (bound_curves)
+        "rounds",  # how much round 1 removes; later rounds re-measure (never cached)
+        "correction",  # apply_pruning
+        "correction_target",  # apply_pruning
+        "damping",  # apply_pruning
+        "repropagate",  # apply_pruning (measure always walks the original model)
+        "profile",  # timing only
+        "progress",  # display only
+    }
+)
+
+
+def measure_options(opts: StatOptions) -> dict:
+    """The options that enter the curve-cache key: all but :data:`AFTER_MEASURE`."""
+    return {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in AFTER_MEASURE}
 
 
 def _store_dtype(name: str) -> torch.dtype | None:
@@ -541,8 +579,22 @@ def stat_prune(
         with timer("loss_gradients"):
             return output_grad_weights(model, adapter, calib, device, progress=options.progress)
 
+    key, cached = None, None
+    if curve_cache.enabled():  # round 1's curves from disk (module docstring: cheap ablation)
+        with timer("curves_cache"):
+            key = curve_cache.curve_key(
+                model,
+                calib,
+                seed=seed,
+                device=device,
+                dtype=adapter.dtype,
+                seq_len=target.seq_len,
+                options=measure_options(options),
+            )
+            cached = curve_cache.load(key, device)
     try:
-        weights = loss_weights()  # before the walk holds the calibration hidden states
+        t_measure = time.perf_counter()
+        weights = cached.weights if cached else loss_weights()  # before the walk holds the hidden states
         with timer("calibration_forward"):
             walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload, stream=stream)
         removed = 0.0
@@ -551,7 +603,16 @@ def stat_prune(
                 weights = loss_weights()
                 with timer("calibration_forward"):
                     walk.capture()
-            curves = measure_curves(adapter, walk, target, options, timer, options.progress, seed, weights)
+            if r == 1 and cached is not None:
+                curves = cached.curves
+            else:
+                curves = measure_curves(
+                    adapter, walk, target, options, timer, options.progress, seed, weights
+                )
+            if r == 1 and key is not None and cached is None:
+                seconds = time.perf_counter() - t_measure
+                with timer("curves_cache"):
+                    curve_cache.save(key, curve_cache.Measured(curves, weights), measure_seconds=seconds)
             amount = target.flops_to_remove * r / options.rounds - removed
             with timer("allocation"):
                 kept = allocate(adapter, curves, target, options, to_remove=amount)
@@ -571,6 +632,7 @@ def stat_prune(
             "kept_units": {f"{layer}.{kind}": n for (layer, kind), n in sorted(kept.items())},
             "predicted_error": float(sum(float(c.errors[kept[(c.layer, c.kind)]]) for c in curves)),
             "device": str(device),
+            "curves_cache": "off" if key is None else "hit" if cached is not None else "miss",
             "hidden_offloaded": offload,
             "weights_streamed": streamed,
             # error_norm=loss: Σ_d g_l[d] per sub-block (the last round's), to read the allocation
