@@ -26,11 +26,15 @@ in lockstep and M is accumulated per batch.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from statprune.calibration import LayerWalk, _first
+
+if TYPE_CHECKING:
+    from statprune.stat.holdout import Holdout
 
 
 def ridge_correction(
@@ -72,9 +76,12 @@ class PairedGrams:
 
     @torch.no_grad()
     def __call__(
-        self, module: nn.Module, *, keep_dense: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """(G, M, dense outputs if ``keep_dense``) for ``module`` of the live layer i."""
+        self, module: nn.Module, *, keep_dense: bool = False, split: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, list, Holdout | None]:
+        """(G, M, dense outputs if ``keep_dense``, the two parts' statistics if ``split``) for
+        ``module`` of the live layer i; ``split``: :mod:`statprune.stat.holdout`'s even/odd examples."""
+        from statprune.stat.holdout import Holdout, part_masks  # holdout imports this module
+
         walk, dense = self.walk, self.dense
         live = walk.adapter.layers()[self.i]
         twin = self.original.get_submodule(_name_in(live, module))
@@ -84,10 +91,14 @@ class PairedGrams:
             twin.register_forward_pre_hook(lambda _m, a: rec.__setitem__("d", a[0])),
         ]
         dim = module.in_features
-        G = torch.zeros(dim, dim, dtype=torch.float64, device=walk.device)
-        M = torch.zeros_like(G)
+        n = 2 if split else 1
+        G = [torch.zeros(dim, dim, dtype=torch.float64, device=walk.device) for _ in range(n)]
+        M = [torch.zeros_like(G[0]) for _ in range(n)]
+        E = [0.0] * n  # split: ‖C_d Wᵀ‖² per part
+        W = module.weight.detach().double() if split else None
         outs = []
         dtype = walk.adapter.dtype
+        seen = 0
         try:
             for b in range(len(walk.hidden)):
                 args, kwargs, mask = walk.args[b], walk.kwargs[b], walk.masks[b]
@@ -95,10 +106,17 @@ class PairedGrams:
                 out = _first(self.original(dense._load(dense.hidden[b]).to(dtype), *args, **kwargs))
                 if keep_dense:
                     outs.append(dense._store(out))
-                xp, xd = rec["p"][mask].double(), rec["d"][mask].double()
-                G.addmm_(xp.T, xp)
-                M.addmm_(xp.T, xd)
+                masks = part_masks(mask, seen) if split else (mask,)
+                seen += mask.shape[0]
+                for p, m in enumerate(masks):
+                    xp, xd = rec["p"][m].double(), rec["d"][m].double()
+                    G[p].addmm_(xp.T, xp)
+                    M[p].addmm_(xp.T, xd)
+                    if W is not None:
+                        E[p] += float((xd @ W.T).pow(2).sum())
         finally:
             for h in hs:
                 h.remove()
-        return G, M, outs
+        if not split:
+            return G[0], M[0], outs, None
+        return G[0] + G[1], M[0] + M[1], outs, Holdout(G=(G[0], G[1]), M=(M[0], M[1]), E=(E[0], E[1]))

@@ -20,6 +20,7 @@ import torch
 
 from statprune.adapters import Adapter, LayerShape, head_dims
 from statprune.stat.dense import ridge_correction
+from statprune.stat.holdout import Holdout
 from statprune.stat.id import interpolation_matrix, pivoted_cholesky
 
 
@@ -156,11 +157,13 @@ def prune_heads(
     cross: torch.Tensor | None = None,
     damping: float = 0.0,
     selection: str = "qr",
+    holdout: Holdout | None = None,
 ) -> torch.Tensor | None:
     """Keep the first ``k_units`` units of layer ``i``; fold the least-squares fit into W_O.
 
     ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`;
-    ``selection``: ``qr`` (the paper's pivoted-QR order) or ``exact`` (:func:`select_units`).
+    ``selection``: ``qr`` (the paper's pivoted-QR order) or ``exact`` (:func:`select_units`);
+    ``holdout``: λ chosen on held-out examples instead of ``damping`` (:mod:`statprune.stat.holdout`).
     Returns W_O's kept input dimensions (sorted), or None when all are kept.
     """
     shape = adapter.layer_shape(i)
@@ -172,6 +175,8 @@ def prune_heads(
     kept_heads = torch.cat(units[:k_units]).sort().values
     kept_dims = head_dims(kept_heads, hd).to(G.device)
     W = adapter.out_proj(i).weight.detach().double().to(G.device)
+    if correction and holdout is not None:
+        damping = holdout.select(W, kept_dims)
     if correction and (cross is not None or damping > 0):
         W_new = ridge_correction(W, G, cross, kept_dims, damping)
     elif correction:

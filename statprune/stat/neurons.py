@@ -11,6 +11,7 @@ import torch
 
 from statprune.adapters import Adapter
 from statprune.stat.dense import ridge_correction
+from statprune.stat.holdout import Holdout
 from statprune.stat.id import PivotedCholesky, interpolation_matrix, pivoted_cholesky
 
 
@@ -85,11 +86,13 @@ def prune_neurons(
     rel_tol: float,
     cross: torch.Tensor | None = None,
     damping: float = 0.0,
+    holdout: Holdout | None = None,
 ) -> torch.Tensor | None:
     """Keep ``k`` neurons of layer ``i`` chosen by the scaled ID; fold the interpolation into W2.
 
-    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`. Returns the
-    kept neurons (sorted, on the CPU), or None when all are kept.
+    ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`; ``holdout``:
+    λ chosen on held-out examples instead of ``damping`` (:mod:`statprune.stat.holdout`). Returns
+    the kept neurons (sorted, on the CPU), or None when all are kept.
     """
     down = adapter.down_proj(i)
     n = down.in_features
@@ -100,6 +103,8 @@ def prune_neurons(
     Gs, D = _scaled(G, W2)
     chol = pivoted_cholesky(Gs, max_steps=k, rel_tol=rel_tol)
     kept = _kept_set(chol, k, Gs).sort().values
+    if correction and holdout is not None:
+        damping = holdout.select(W2, kept)
     if correction and (cross is not None or damping > 0):
         W_new = ridge_correction(W2, G, cross, kept, damping)
     elif correction:

@@ -42,6 +42,10 @@ removes the unit with the least error increase per FLOP across all blocks. The d
 Issue 15 variants, all off by default (docs/STAT_VARIANTS.md): ``max_layer_departure`` /
 ``protect_layers`` bound each block's removal (:func:`statprune.allocation.bound_curves`);
 ``correction_target=dense`` and ``damping`` change the correction (:mod:`statprune.stat.dense`);
+``damping_select=holdout`` chooses λ per sub-block instead: the apply walk's Grams are taken on
+even and odd calibration examples apart, λ ∈ :data:`statprune.stat.holdout.GRID` minimises the
+two-fold held-out output error of the fit made on the other part (from Grams only), and the fit is
+redone on all tokens; the choices are in the diagnostics' ``damping_selected`` (:mod:`statprune.stat.holdout`);
 ``head_selection=exact`` enumerates head-unit subsets; ``error_norm=depth_fit`` smooths the layer
 normalisation over depth; ``rounds`` re-measures between parts of the budget. ``error_norm=loss``
 (``share``/``greedy``): before each measure walk one backward pass over the calibration batches
@@ -90,6 +94,7 @@ from statprune.stat import curve_cache
 from statprune.stat.allocate import StatCurve, exp_depth_fit, reference_allocation, share_allocation
 from statprune.stat.dense import PairedGrams, dense_walk
 from statprune.stat.heads import EXACT_MAX_UNITS, exact_units, head_curve, head_units, prune_heads
+from statprune.stat.holdout import Holdout, SplitGram
 from statprune.stat.id import clear_workspaces
 from statprune.stat.loss_weights import Weights, output_grad_weights
 from statprune.stat.neurons import neuron_curve, prune_neurons
@@ -123,6 +128,8 @@ class StatOptions:
     protect_layers: str | None = neutral(None)  # "N" (first and last N) or "first:a,last:b": untouched
     correction_target: Literal["self", "dense"] = neutral("self")  # fit the pruned or the dense output
     damping: float = neutral(0.0)  # ridge λ of the correction, a fraction of the Gram's mean diagonal
+    # holdout: λ per sub-block from stat.holdout.GRID by two-fold error on even/odd calibration examples
+    damping_select: Literal["fixed", "holdout"] = neutral("fixed")
     head_selection: Literal["qr", "exact"] = neutral("qr")  # exact: best subset of ≤ 8 head units
     rounds: int = neutral(1)  # iterated allocation: r/R of the budget per round, re-measured in between
 
@@ -151,6 +158,12 @@ class StatOptions:
             )
         if self.damping < 0:
             raise StatpruneError(f"damping must be non-negative, got {self.damping}")
+        if self.damping_select == "holdout" and (self.damping != 0 or not self.correction):
+            raise StatpruneError(
+                "damping_select=holdout chooses λ itself: it needs damping=0 and correction=true"
+            )
+        if self.damping_select == "holdout" and self.sketch != "none":
+            raise StatpruneError("damping_select=holdout takes exact Grams (sketch=none)")
         if self.correction_target == "dense" and not self.repropagate:
             raise StatpruneError("correction_target=dense needs repropagate=true (else it equals self)")
         if self.correction_target == "dense" and self.sketch != "none":
@@ -177,6 +190,7 @@ AFTER_MEASURE = frozenset(
         "correction",  # apply_pruning
         "correction_target",  # apply_pruning
         "damping",  # apply_pruning
+        "damping_select",  # apply_pruning (stat/holdout.py)
         "repropagate",  # apply_pruning (measure always walks the original model)
         "profile",  # timing only
         "progress",  # display only
@@ -234,8 +248,13 @@ def _grams(
     opts: StatOptions | None = None,
     seed: int = 0,
     phase: int = 0,
+    split: bool = False,
 ) -> dict:
-    def make(dim: int, part: int) -> Gram:
+    """``split``: :class:`~statprune.stat.holdout.SplitGram` accumulators (``damping_select=holdout``)."""
+
+    def make(dim: int, part: int) -> Gram | SplitGram:
+        if split:
+            return SplitGram(dim, device, opts.gram_precision if opts is not None else "exact_products")
         sketch = None
         if opts is not None and opts.sketch != "none":
             sketch = _Sketch(
@@ -412,9 +431,13 @@ def apply_pruning(
     timer: _Timer,
     progress: bool,
     seed: int = 0,
-) -> None:
+) -> dict[str, dict[str, float]]:
+    """Prune every layer to ``kept``; returns ``damping_select=holdout``'s choice per sub-block
+    (:meth:`~statprune.stat.holdout.Holdout.report`, keyed ``"layer.kind"``; empty otherwise)."""
     if opts.correction_target == "dense":
         return _apply_dense_target(adapter, walk, kept, opts, timer, progress)
+    split = opts.damping_select == "holdout"
+    chosen: dict[str, dict[str, float]] = {}
     # repropagate: every pass but the last stops where its statistic is taken; with a plain
     # residual (calibration.LayerReplay) the layer is finished from recorded projection inputs
     replay = opts.repropagate and replay_fits(walk)
@@ -422,7 +445,7 @@ def apply_pruning(
         k_heads, k_neurons = kept[(i, "heads")], kept[(i, "neurons")]
         _fetch(walk, i, timer)
         rec = LayerReplay(walk, i) if replay else None
-        grams = _grams(adapter, i, walk.device, True, not opts.repropagate, opts, seed, 1)
+        grams = _grams(adapter, i, walk.device, True, not opts.repropagate, opts, seed, 1, split)
         hooks = _hooks(grams, timer)
         with timer("calibration_forward"):
             outs = walk.run(
@@ -432,6 +455,7 @@ def apply_pruning(
                 stop_after=adapter.out_proj(i) if opts.repropagate else None,
             )
         with timer("weight_update"):
+            hold = grams["heads"][1].holdout() if split else None
             kept_dims = prune_heads(
                 adapter,
                 i,
@@ -442,9 +466,11 @@ def apply_pruning(
                 rel_tol=opts.rel_tol,
                 damping=opts.damping,
                 selection=opts.head_selection,
+                holdout=hold,
             )
+            _record(chosen, i, "heads", hold)
         if opts.repropagate:
-            grams = _grams(adapter, i, walk.device, False, True, opts, seed, 1)
+            grams = _grams(adapter, i, walk.device, False, True, opts, seed, 1, split)
             hooks = _hooks(grams, timer)
             with timer("calibration_forward"):
                 if rec:
@@ -452,6 +478,7 @@ def apply_pruning(
                 else:
                     walk.run(i, hooks, keep_outputs=False, stop_after=adapter.down_proj(i))
         with timer("weight_update"):
+            hold = grams["neurons"][1].holdout() if split else None
             kept_neurons = prune_neurons(
                 adapter,
                 i,
@@ -460,26 +487,36 @@ def apply_pruning(
                 correction=opts.correction,
                 rel_tol=opts.rel_tol,
                 damping=opts.damping,
+                holdout=hold,
             )
+            _record(chosen, i, "neurons", hold)
         if opts.repropagate:
             with timer("calibration_forward"):
                 outs = rec.outputs(kept_neurons) if rec else walk.run(i)
         _release(walk, i, timer, modified=True)
         walk.advance(outs)
+    return chosen
+
+
+def _record(chosen: dict[str, dict[str, float]], i: int, kind: str, hold: Holdout | None) -> None:
+    if hold is not None and hold.chosen is not None:  # None: the block was left whole
+        chosen[f"{i}.{kind}"] = hold.report()
 
 
 def _apply_dense_target(
     adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptions, timer: _Timer, progress: bool
-) -> None:
+) -> dict[str, dict[str, float]]:
     """The apply walk with ``correction_target=dense``: a dense walk in lockstep (stat/dense.py)."""
     if walk.stream is not None:
         raise StatpruneError("correction_target=dense does not stream weights (weights=stream)")
     with timer("calibration_forward"):
         dense = dense_walk(walk)
+    split = opts.damping_select == "holdout"
+    chosen: dict[str, dict[str, float]] = {}
     for i in tqdm(range(adapter.num_layers), desc="stat: prune (dense target)", disable=not progress):
         pair = PairedGrams(walk, dense, i)
         with timer("calibration_forward"):
-            G, M, dense_outs = pair(adapter.out_proj(i), keep_dense=True)
+            G, M, dense_outs, hold = pair(adapter.out_proj(i), keep_dense=True, split=split)
         with timer("weight_update"):
             prune_heads(
                 adapter,
@@ -492,9 +529,11 @@ def _apply_dense_target(
                 cross=M,
                 damping=opts.damping,
                 selection=opts.head_selection,
+                holdout=hold,
             )
+            _record(chosen, i, "heads", hold)
         with timer("calibration_forward"):
-            G, M, _ = pair(adapter.down_proj(i))
+            G, M, _, hold = pair(adapter.down_proj(i), split=split)
         with timer("weight_update"):
             prune_neurons(
                 adapter,
@@ -505,12 +544,15 @@ def _apply_dense_target(
                 rel_tol=opts.rel_tol,
                 cross=M,
                 damping=opts.damping,
+                holdout=hold,
             )
+            _record(chosen, i, "neurons", hold)
         with timer("calibration_forward"):
             outs = walk.run(i)
         del pair
         walk.advance(outs)
         dense.advance(dense_outs)
+    return chosen
 
 
 def _fetch(walk: LayerWalk, i: int, timer: _Timer) -> None:
@@ -619,7 +661,7 @@ def stat_prune(
             removed += sum((c.n_units - kept[(c.layer, c.kind)]) * c.unit_flops for c in curves)
             with timer("calibration_forward"):
                 walk.capture()
-            apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
+            chosen = apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
         del walk
     finally:
         if stream is not None:
@@ -641,5 +683,7 @@ def stat_prune(
                 if weights is not None
                 else {}
             ),
+            # damping_select=holdout: per pruned sub-block, λ and its held-out error / λ=0's (last round)
+            **({"damping_selected": chosen} if options.damping_select == "holdout" else {}),
         },
     )
