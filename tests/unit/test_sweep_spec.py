@@ -206,6 +206,7 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
         ("smollm2_stat_loss.toml", 24),
         ("smollm2_stat_holdout.toml", 18),
         ("smollm2_moby.toml", 7),
+        ("minilm_stat_loss.toml", 32),
         ("calib_ablation.toml", 54),
         ("calib_ablation_smollm2.toml", 21),
     ],
@@ -217,14 +218,21 @@ def test_experiment_specs_load(name, runs):
     assert spec.study == name.removesuffix(".toml")
 
 
-def test_minilm_movie_shares_one_finetune():
+@pytest.mark.parametrize("name", ["minilm_movie.toml", "minilm_stat_loss.toml"])
+def test_minilm_studies_share_one_finetune(name):
+    """Every MiniLM study fine-tunes once, the same fine-tune (so run ids agree across studies)."""
     from statprune.sweep.spec import finetune_key
 
+    key = finetune_key(load_spec(EXPERIMENTS / "minilm_movie.toml").runs()[0].config)
+    runs = load_spec(EXPERIMENTS / name).runs()
+    assert key is not None
+    assert {finetune_key(r.config) for r in runs} == {key}
+
+
+def test_minilm_movie_runs_kwon_at_its_default_sample_count():
     runs = load_spec(EXPERIMENTS / "minilm_movie.toml").runs()
-    assert {finetune_key(r.config) for r in runs} == {finetune_key(runs[0].config)}
-    assert finetune_key(runs[0].config) is not None
     kwon = {(r.label, r.config.calib_size) for r in runs if r.config.method == "kwon"}
-    assert kwon == {("kwon", 512), ("kwon-2048", 2048)}  # Kwon also at its own default sample count
+    assert kwon == {("kwon", 512), ("kwon-2048", 2048)}
 
 
 def test_cli_malformed_spec_errors_and_submits_nothing(tmp_path, capsys):
