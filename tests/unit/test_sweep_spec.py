@@ -200,7 +200,7 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
     [
         ("ci_tiny.toml", 8),
         ("minilm_movie.toml", 108),
-        ("smollm2_sotu.toml", 36),
+        ("smollm2_sotu.toml", 63),
         ("smollm2_sotu_cpu.toml", 12),
         ("smollm2_stat_variants.toml", 48),
         ("smollm2_stat_loss.toml", 24),
