@@ -43,7 +43,11 @@ Issue 15 variants, all off by default (docs/STAT_VARIANTS.md): ``max_layer_depar
 ``protect_layers`` bound each block's removal (:func:`statprune.allocation.bound_curves`);
 ``correction_target=dense`` and ``damping`` change the correction (:mod:`statprune.stat.dense`);
 ``head_selection=exact`` enumerates head-unit subsets; ``error_norm=depth_fit`` smooths the layer
-normalisation over depth; ``rounds`` re-measures between parts of the budget. ``error_norm=loss``
+normalisation over depth; ``rounds`` re-measures between parts of the budget. ``neuron_selection=obs`` (``share``/``greedy``)
+selects FFN neurons by the exact output-space error instead of the pivoted QR: greedy backward
+elimination (OBS, one rank-one downdate of G⁻¹ per removed neuron) gives the nested kept sets and
+the whole curve in the QR curve's units, and √ of its error increments replace |R_jj| in ``share``;
+the kept neurons are refit by least squares (:mod:`statprune.stat.obs`). ``error_norm=loss``
 (``share``/``greedy``): before each measure walk one backward pass over the calibration batches
 gives g_l = E_t[(∂L/∂y_l)²] for every sub-block output y_l (W_O's, W_down's), and each layer's errors
 become Σ_d g_l[d]·‖(C − Ĉ)W_outᵀ[:, d]‖² — W_out's rows scaled by √g_l in the curves, no per-layer
@@ -114,6 +118,7 @@ class StatOptions:
     damping: float = neutral(0.0)  # ridge λ of the correction, a fraction of the Gram's mean diagonal
     head_selection: Literal["qr", "exact"] = neutral("qr")  # exact: best subset of ≤ 8 head units
     rounds: int = neutral(1)  # iterated allocation: r/R of the budget per round, re-measured in between
+    neuron_selection: Literal["qr", "obs"] = neutral("qr")  # obs: greedy backward elimination (stat/obs.py)
 
     def __post_init__(self) -> None:
         if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
@@ -137,6 +142,11 @@ class StatOptions:
         if self.error_norm == "loss" and self.allocation == "reference":
             raise StatpruneError(
                 "error_norm=loss needs allocation=share or greedy (reference reads raw statistics)"
+            )
+        if self.neuron_selection == "obs" and self.allocation == "reference":
+            raise StatpruneError(
+                "neuron_selection=obs needs allocation=share or greedy (reference reads the pivoted "
+                "QR's |R_jj| and ID residuals)"
             )
         if self.damping < 0:
             raise StatpruneError(f"damping must be non-negative, got {self.damping}")
@@ -307,7 +317,11 @@ def measure_curves(
                 W_h = W_O if sg_h is None else W_O.double() * sg_h.to(W_O.device)[:, None]
                 h_err = head_curve(G_att, W_h, units, shape.head_dim, rel_tol=opts.rel_tol)
             n_err, piv, id_res = neuron_curve(
-                grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol, out_weight=sg_n
+                grams["neurons"][1].G,
+                adapter.down_proj(i).weight,
+                rel_tol=opts.rel_tol,
+                out_weight=sg_n,
+                selection=opts.neuron_selection,
             )
         unit_size = len(units[0])
         head_unit_flops = (
@@ -374,9 +388,11 @@ def apply_pruning(
     timer: _Timer,
     progress: bool,
     seed: int = 0,
+    weights: Weights | None = None,
 ) -> None:
+    """Prune to the ``kept`` counts; ``weights`` (``error_norm=loss``) weight ``neuron_selection=obs``."""
     if opts.correction_target == "dense":
-        return _apply_dense_target(adapter, walk, kept, opts, timer, progress)
+        return _apply_dense_target(adapter, walk, kept, opts, timer, progress, weights)
     # repropagate: every pass but the last stops where its statistic is taken; with a plain
     # residual (calibration.LayerReplay) the layer is finished from recorded projection inputs
     replay = opts.repropagate and replay_fits(walk)
@@ -422,6 +438,7 @@ def apply_pruning(
                 correction=opts.correction,
                 rel_tol=opts.rel_tol,
                 damping=opts.damping,
+                **_obs_args(opts, weights, i),
             )
         if opts.repropagate:
             with timer("calibration_forward"):
@@ -430,8 +447,22 @@ def apply_pruning(
         walk.advance(outs)
 
 
+def _obs_args(opts: StatOptions, weights: Weights | None, i: int) -> dict:
+    """prune_neurons' selection arguments (none for ``qr``: that call is unchanged)."""
+    if opts.neuron_selection == "qr":
+        return {}
+    sg = None if weights is None else weights[(i, "neurons")].sqrt()
+    return {"selection": opts.neuron_selection, "out_weight": sg}
+
+
 def _apply_dense_target(
-    adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptions, timer: _Timer, progress: bool
+    adapter: Adapter,
+    walk: LayerWalk,
+    kept: dict,
+    opts: StatOptions,
+    timer: _Timer,
+    progress: bool,
+    weights: Weights | None = None,
 ) -> None:
     """The apply walk with ``correction_target=dense``: a dense walk in lockstep (stat/dense.py)."""
     if walk.stream is not None:
@@ -467,6 +498,7 @@ def _apply_dense_target(
                 rel_tol=opts.rel_tol,
                 cross=M,
                 damping=opts.damping,
+                **_obs_args(opts, weights, i),
             )
         with timer("calibration_forward"):
             outs = walk.run(i)
@@ -558,7 +590,7 @@ def stat_prune(
             removed += sum((c.n_units - kept[(c.layer, c.kind)]) * c.unit_flops for c in curves)
             with timer("calibration_forward"):
                 walk.capture()
-            apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
+            apply_pruning(adapter, walk, kept, options, timer, options.progress, seed, weights)
         del walk
     finally:
         if stream is not None:
