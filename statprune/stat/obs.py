@@ -21,8 +21,10 @@ removed first, at zero error (exact); the others are inverted with a ridge of 1e
 diagonal (dependent live neurons; fewer tokens than neurons), raised ×100 until the Cholesky
 factorization succeeds where rounding left G indefinite (a Gram accumulated in float32). Drift of the downdates: H and W' are recomputed from G (Cholesky)
 whenever a quarter of the active neurons has gone, which also shrinks the matrices geometrically.
-Cost: O(n²(n + d)) per layer; SmolLM2-135M's FFN (n = 1536, d = 576), the full curve, float64 on one
-CPU core: about 9 s per layer (the QR curve: 0.3 s); on a GPU a fraction of a second.
+Cost: O(n²(n + d)) per layer (two in-place rank-one updates per step; the column norms of W' are
+updated alongside, a matrix-vector product). SmolLM2-135M's FFN (n = 1536, d = 576, 8192 tokens),
+the full curve in float64 on one core of a loaded CPU: 4.5–5 s per layer (the QR curve: 0.5 s); the
+apply pass stops at k. On a GPU each step is a handful of kernels and no host synchronisation.
 """
 
 from __future__ import annotations
@@ -86,15 +88,17 @@ def obs_elimination(
         picks = torch.empty(steps, dtype=torch.long, device=dev)
         gains = torch.empty(steps, dtype=torch.float64, device=dev)
         inf = torch.tensor(float("inf"), dtype=torch.float64, device=dev)
+        norms = Wp.pow(2).sum(0)  # ‖W'_{:,j}‖², kept up to date by the rank-one updates
         for s in range(steps):  # no host syncs inside: the picks stay on the device
-            h = torch.diagonal(H)
-            score = torch.where(alive, Wp.pow(2).sum(0) / h.clamp_min(torch.finfo(h.dtype).tiny), inf)
+            h = torch.diagonal(H).clamp_min(torch.finfo(H.dtype).tiny)
+            score = torch.where(alive, norms.clamp_min(0.0) / h, inf)
             q = torch.argmin(score)
             hq = H.index_select(1, q.view(1)).squeeze(1)
-            hqq = hq[q]
-            wq = Wp.index_select(1, q.view(1))
-            Wp.sub_(wq * (hq / hqq)[None, :])
-            H.sub_(torch.outer(hq, hq / hqq))
+            r = hq / hq[q]
+            wq = Wp.index_select(1, q.view(1)).squeeze(1)
+            norms.add_(r * (r * wq.dot(wq) - 2.0 * (wq @ Wp)))
+            Wp.addr_(wq, r, alpha=-1.0)
+            H.addr_(hq, r, alpha=-1.0)
             alive[q] = False
             picks[s], gains[s] = q, score[q]
         removed.append(active[picks].cpu())
