@@ -164,8 +164,14 @@ def test_obs_ffn_output_error_is_at_most_qr_at_the_same_counts(family):
 @pytest.mark.parametrize("family", ["llama", "bert"])
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"allocation": "greedy"}, {"allocation": "greedy", "error_norm": "loss"}],
-    ids=["share", "greedy", "loss-greedy"],
+    [
+        {},
+        {"allocation": "greedy"},
+        {"allocation": "greedy", "error_norm": "loss"},
+        {"correction_target": "dense", "damping": 0.01, "rounds": 2},
+        {"correction": False},
+    ],
+    ids=["share", "greedy", "loss-greedy", "dense-rounds", "uncorrected"],
 )
 def test_obs_prune_meets_the_flops_target(family, extra):
     model = tiny_model(family, layers=3)
