@@ -13,6 +13,7 @@ from statprune.adapters import Adapter
 from statprune.stat.dense import ridge_correction
 from statprune.stat.holdout import Holdout
 from statprune.stat.id import PivotedCholesky, interpolation_matrix, pivoted_cholesky
+from statprune.stat.obs import obs_curve, obs_elimination
 
 
 def _scaled(G: torch.Tensor, W2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,8 +27,13 @@ def _unit_columns(W2: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
 
 
 def neuron_curve(
-    G: torch.Tensor, W2: torch.Tensor, *, rel_tol: float, out_weight: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    G: torch.Tensor,
+    W2: torch.Tensor,
+    *,
+    rel_tol: float,
+    out_weight: torch.Tensor | None = None,
+    selection: str = "qr",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(errors, pivot_values, id_residual) when keeping the first k pivots of the scaled ID.
 
     errors[k] = ‖(Z − Ẑ_k) W2ᵀ‖_F², exact for the pivot order chosen (trace of W2 S_k W2ᵀ with S_k
@@ -36,7 +42,11 @@ def neuron_curve(
     problem (what the released code reads); zero beyond the numerical rank. ``out_weight`` (√g over
     W2's rows, ``error_norm=loss``): same pivot order; errors with W2 replaced by diag(√g)·W2 and
     |R_jj| by |R_jj|·D_g[p_j]/D[p_j] (derivation in stat/loss_weights.py); id_residual unweighted.
+    ``selection=obs``: the greedy backward elimination's curve and √ of its error increments in
+    place of |R_jj| (:func:`statprune.stat.obs.obs_curve`); no id_residual (None).
     """
+    if selection == "obs":
+        return (*obs_curve(G, W2, out_weight=out_weight), None)
     G = G.double()
     Gs, D = _scaled(G, W2)
     chol = pivoted_cholesky(Gs, rel_tol=rel_tol)
@@ -75,6 +85,31 @@ def _kept_set(chol: PivotedCholesky, k: int, G: torch.Tensor) -> torch.Tensor:
     return kept
 
 
+def _qr_selection(
+    G: torch.Tensor,
+    W2: torch.Tensor,
+    k: int,
+    correction: bool,
+    rel_tol: float,
+    cross: torch.Tensor | None,
+    damping: float,
+    holdout: Holdout | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_new, kept) of the scaled pivoted QR (the paper's selection)."""
+    n = G.shape[0]
+    Gs, D = _scaled(G, W2)
+    chol = pivoted_cholesky(Gs, max_steps=k, rel_tol=rel_tol)
+    kept = _kept_set(chol, k, Gs).sort().values
+    if correction and holdout is not None:
+        damping = holdout.select(W2, kept)
+    if correction and (cross is not None or damping > 0):
+        return ridge_correction(W2, G, cross, kept, damping), kept
+    if correction:
+        T = interpolation_matrix(chol, chol.rank, kept, n)  # scaled space: Z D ≈ (Z D)[:, kept] T
+        return (_unit_columns(W2, D) @ T.T) * D[kept][None, :], kept
+    return W2[:, kept], kept
+
+
 @torch.no_grad()
 def prune_neurons(
     adapter: Adapter,
@@ -87,12 +122,17 @@ def prune_neurons(
     cross: torch.Tensor | None = None,
     damping: float = 0.0,
     holdout: Holdout | None = None,
+    selection: str = "qr",
+    out_weight: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Keep ``k`` neurons of layer ``i`` chosen by the scaled ID; fold the interpolation into W2.
 
     ``cross``/``damping``: the dense-target, damped fit of :mod:`statprune.stat.dense`; ``holdout``:
-    λ chosen on held-out examples instead of ``damping`` (:mod:`statprune.stat.holdout`). Returns
-    the kept neurons (sorted, on the CPU), or None when all are kept.
+    λ chosen on held-out examples instead of ``damping`` (:mod:`statprune.stat.holdout`).
+    ``selection=obs``: the survivors of the greedy backward elimination down to k (on diag(√g)·W2
+    with ``out_weight``), refit by least squares (``ridge_correction``; the fit is per output row,
+    so the weighting does not change it). Returns the kept neurons (sorted, on the CPU), or None
+    when all are kept.
     """
     down = adapter.down_proj(i)
     n = down.in_features
@@ -100,18 +140,13 @@ def prune_neurons(
         return None
     W2 = down.weight.detach().double().to(G.device)
     G = G.double()
-    Gs, D = _scaled(G, W2)
-    chol = pivoted_cholesky(Gs, max_steps=k, rel_tol=rel_tol)
-    kept = _kept_set(chol, k, Gs).sort().values
-    if correction and holdout is not None:
-        damping = holdout.select(W2, kept)
-    if correction and (cross is not None or damping > 0):
-        W_new = ridge_correction(W2, G, cross, kept, damping)
-    elif correction:
-        T = interpolation_matrix(chol, chol.rank, kept, n)  # scaled space: Z D ≈ (Z D)[:, kept] T
-        W_new = (_unit_columns(W2, D) @ T.T) * D[kept][None, :]
+    if selection == "obs":
+        kept = obs_elimination(G, W2, stop=k, out_weight=out_weight).kept(n).to(G.device)
+        if correction and holdout is not None:
+            damping = holdout.select(W2, kept)
+        W_new = ridge_correction(W2, G, cross, kept, damping) if correction else W2[:, kept]
     else:
-        W_new = W2[:, kept]
+        W_new, kept = _qr_selection(G, W2, k, correction, rel_tol, cross, damping, holdout)
     kept = kept.cpu()
     adapter.keep_neurons(i, kept)
     adapter.replace_down_proj(i, W_new)

@@ -47,7 +47,11 @@ even and odd calibration examples apart, λ ∈ :data:`statprune.stat.holdout.GR
 two-fold held-out output error of the fit made on the other part (from Grams only), and the fit is
 redone on all tokens; the choices are in the diagnostics' ``damping_selected`` (:mod:`statprune.stat.holdout`);
 ``head_selection=exact`` enumerates head-unit subsets; ``error_norm=depth_fit`` smooths the layer
-normalisation over depth; ``rounds`` re-measures between parts of the budget. ``error_norm=loss``
+normalisation over depth; ``rounds`` re-measures between parts of the budget. ``neuron_selection=obs`` (``share``/``greedy``)
+selects FFN neurons by the exact output-space error instead of the pivoted QR: greedy backward
+elimination (OBS, one rank-one downdate of G⁻¹ per removed neuron) gives the nested kept sets and
+the whole curve in the QR curve's units, and √ of its error increments replace |R_jj| in ``share``;
+the kept neurons are refit by least squares (:mod:`statprune.stat.obs`). ``error_norm=loss``
 (``share``/``greedy``): before each measure walk one backward pass over the calibration batches
 gives g_l = E_t[(∂L/∂y_l)²] for every sub-block output y_l (W_O's, W_down's), and each layer's errors
 become Σ_d g_l[d]·‖(C − Ĉ)W_outᵀ[:, d]‖² — W_out's rows scaled by √g_l in the curves, no per-layer
@@ -132,6 +136,7 @@ class StatOptions:
     damping_select: Literal["fixed", "holdout"] = neutral("fixed")
     head_selection: Literal["qr", "exact"] = neutral("qr")  # exact: best subset of ≤ 8 head units
     rounds: int = neutral(1)  # iterated allocation: r/R of the budget per round, re-measured in between
+    neuron_selection: Literal["qr", "obs"] = neutral("qr")  # obs: greedy backward elimination (stat/obs.py)
 
     def __post_init__(self) -> None:
         if self.allocation == "paper":  # old name of ``share``; it was never the paper's rule
@@ -155,6 +160,11 @@ class StatOptions:
         if self.error_norm == "loss" and self.allocation == "reference":
             raise StatpruneError(
                 "error_norm=loss needs allocation=share or greedy (reference reads raw statistics)"
+            )
+        if self.neuron_selection == "obs" and self.allocation == "reference":
+            raise StatpruneError(
+                "neuron_selection=obs needs allocation=share or greedy (reference reads the pivoted "
+                "QR's |R_jj| and ID residuals)"
             )
         if self.damping < 0:
             raise StatpruneError(f"damping must be non-negative, got {self.damping}")
@@ -364,7 +374,11 @@ def measure_curves(
                 W_h = W_O if sg_h is None else W_O.double() * sg_h.to(W_O.device)[:, None]
                 h_err = head_curve(G_att, W_h, units, shape.head_dim, rel_tol=opts.rel_tol)
             n_err, piv, id_res = neuron_curve(
-                grams["neurons"][1].G, adapter.down_proj(i).weight, rel_tol=opts.rel_tol, out_weight=sg_n
+                grams["neurons"][1].G,
+                adapter.down_proj(i).weight,
+                rel_tol=opts.rel_tol,
+                out_weight=sg_n,
+                selection=opts.neuron_selection,
             )
         unit_size = len(units[0])
         head_unit_flops = (
@@ -431,11 +445,13 @@ def apply_pruning(
     timer: _Timer,
     progress: bool,
     seed: int = 0,
+    weights: Weights | None = None,
 ) -> dict[str, dict[str, float]]:
     """Prune every layer to ``kept``; returns ``damping_select=holdout``'s choice per sub-block
-    (:meth:`~statprune.stat.holdout.Holdout.report`, keyed ``"layer.kind"``; empty otherwise)."""
+    (:meth:`~statprune.stat.holdout.Holdout.report`, keyed ``"layer.kind"``; empty otherwise).
+    ``weights`` (``error_norm=loss``) weight ``neuron_selection=obs``."""
     if opts.correction_target == "dense":
-        return _apply_dense_target(adapter, walk, kept, opts, timer, progress)
+        return _apply_dense_target(adapter, walk, kept, opts, timer, progress, weights)
     split = opts.damping_select == "holdout"
     chosen: dict[str, dict[str, float]] = {}
     # repropagate: every pass but the last stops where its statistic is taken; with a plain
@@ -488,6 +504,7 @@ def apply_pruning(
                 rel_tol=opts.rel_tol,
                 damping=opts.damping,
                 holdout=hold,
+                **_obs_args(opts, weights, i),
             )
             _record(chosen, i, "neurons", hold)
         if opts.repropagate:
@@ -503,8 +520,22 @@ def _record(chosen: dict[str, dict[str, float]], i: int, kind: str, hold: Holdou
         chosen[f"{i}.{kind}"] = hold.report()
 
 
+def _obs_args(opts: StatOptions, weights: Weights | None, i: int) -> dict:
+    """prune_neurons' selection arguments (none for ``qr``: that call is unchanged)."""
+    if opts.neuron_selection == "qr":
+        return {}
+    sg = None if weights is None else weights[(i, "neurons")].sqrt()
+    return {"selection": opts.neuron_selection, "out_weight": sg}
+
+
 def _apply_dense_target(
-    adapter: Adapter, walk: LayerWalk, kept: dict, opts: StatOptions, timer: _Timer, progress: bool
+    adapter: Adapter,
+    walk: LayerWalk,
+    kept: dict,
+    opts: StatOptions,
+    timer: _Timer,
+    progress: bool,
+    weights: Weights | None = None,
 ) -> dict[str, dict[str, float]]:
     """The apply walk with ``correction_target=dense``: a dense walk in lockstep (stat/dense.py)."""
     if walk.stream is not None:
@@ -545,6 +576,7 @@ def _apply_dense_target(
                 cross=M,
                 damping=opts.damping,
                 holdout=hold,
+                **_obs_args(opts, weights, i),
             )
             _record(chosen, i, "neurons", hold)
         with timer("calibration_forward"):
@@ -661,7 +693,7 @@ def stat_prune(
             removed += sum((c.n_units - kept[(c.layer, c.kind)]) * c.unit_flops for c in curves)
             with timer("calibration_forward"):
                 walk.capture()
-            chosen = apply_pruning(adapter, walk, kept, options, timer, options.progress, seed)
+            chosen = apply_pruning(adapter, walk, kept, options, timer, options.progress, seed, weights)
         del walk
     finally:
         if stream is not None:
