@@ -194,3 +194,21 @@ def test_holdout_refuses_a_fixed_damping_and_no_correction():
         StatOptions(damping_select="holdout", correction=False)
     with pytest.raises(StatpruneError, match="holdout"):
         StatOptions(damping_select="holdout", sketch="gaussian")
+
+
+def test_holdout_with_obs_selection_chooses_lambda_for_the_obs_survivors():
+    """damping_select=holdout and neuron_selection=obs together: λ is chosen for the FFN's OBS
+    survivors (the kept set the refit uses), and the held-out choice still beats the undamped fit."""
+    from tests.unit.tiny import outputs, random_calibration, tiny_model
+
+    calib, fresh = random_calibration(n=4), random_calibration(n=32, seed=5)
+    ref = outputs(tiny_model("llama", layers=2), fresh)
+    undamped, _ = _prune(calib, neuron_selection="obs")
+    model, res = _prune(calib, damping_select="holdout", neuron_selection="obs")
+    chosen = res.diagnostics["damping_selected"]
+    assert {"0.neurons", "1.neurons"} <= set(chosen), chosen
+    assert all(c["heldout_ratio"] <= 1.0 for c in chosen.values())
+    assert res.sparsity_achieved >= 0.4 - 1e-9
+    err_h = float((outputs(model, fresh) - ref).norm() / ref.norm())
+    err_u = float((outputs(undamped, fresh) - ref).norm() / ref.norm())
+    assert err_h < err_u, (err_h, err_u)
