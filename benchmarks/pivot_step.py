@@ -58,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--sizes", default="768,1536,3072,4096,11008,14336")
+    ap.add_argument("--block-size", type=int, default=64, help="pivoted_cholesky's block_size")
     ap.add_argument("--reps", type=int, default=2, help="timed runs per setting (best is kept)")
     ap.add_argument("--no-max-steps", action="store_true", help="skip the max_steps = 0.7 n runs")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -74,7 +75,9 @@ def main() -> None:
             for cap in [None] if args.no_max_steps else [None, int(0.7 * n)]:
                 res = {}
                 for fused in modes:
-                    cold, best, out = _time(G, {"max_steps": cap, "fused": fused}, args.reps)
+                    cold, best, out = _time(
+                        G, {"max_steps": cap, "fused": fused, "block_size": args.block_size}, args.reps
+                    )
                     res[fused] = (cold, best, out)
                 ref = res[False][2]
                 row = {
@@ -119,6 +122,7 @@ def main() -> None:
         "triton": _triton_version(),
         "fused_available": len(modes) == 2,
         "reps": args.reps,
+        "block_size": args.block_size,
         "rows": rows,
     }
     if args.out:

@@ -29,20 +29,21 @@ import triton
 import triton.language as tl
 
 BLOCK_N = 64  # columns per program of the column kernel: n = 11008 → 172 programs
+ROWS = 64  # rows of Lc per tile of the Σ_{s<t} product
 
 
 @triton.jit(do_not_specialize=["t"])
 def _column_kernel(
     A,  # (n, n) float64, row p = column p of the Schur complement
-    Lc,  # (TB_rows, n) float64, row s = column s of the current update block
+    Lc,  # (block_size, n) float64, row s = column s of the current update block
     d,  # (n,) float64 residual diagonal
     inactive,  # (n,) uint8
     blocked,  # (n,) uint8
     piv_idx,  # () int64, this step's pivot
     piv_val,  # () float64, d[pivot]
     tol,  # () float64
-    perm,  # (TB_rows,) int64
-    ok_out,  # (TB_rows,) uint8
+    perm,  # (block_size,) int64
+    ok_out,  # (block_size,) uint8
     part_val,  # (programs,) float64
     part_idx,  # (programs,) int64
     part_sum,  # (programs,) float64
@@ -50,6 +51,7 @@ def _column_kernel(
     t,
     UPDATE: tl.constexpr,
     TB: tl.constexpr,
+    NT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -63,11 +65,17 @@ def _column_kernel(
         ok = pv > tl.load(tol)
         s = tl.sqrt(tl.where(ok, pv, 1.0))  # the column is zeroed below when not ok
         a = tl.load(A + p * n + offs, mask=m, other=0.0)
-        rows = tl.arange(0, TB)
-        rm = rows < t
-        lp = tl.load(Lc + rows * n + p, mask=rm, other=0.0)
-        tile = tl.load(Lc + rows[:, None] * n + offs[None, :], mask=rm[:, None] & m[None, :], other=0.0)
-        a = a - tl.sum(tile * lp[:, None], axis=0)
+        dot = tl.zeros([BLOCK], tl.float64)
+        for i in tl.static_range(NT):  # Σ_{s<t} Lc[s, :] Lc[s, p], TB rows at a time
+            if i * TB < t:
+                rows = i * TB + tl.arange(0, TB)
+                rm = rows < t
+                lp = tl.load(Lc + rows * n + p, mask=rm, other=0.0)
+                tile = tl.load(
+                    Lc + rows[:, None] * n + offs[None, :], mask=rm[:, None] & m[None, :], other=0.0
+                )
+                dot += tl.sum(tile * lp[:, None], axis=0)
+        a = a - dot
         col = a / s
         inact = tl.load(inactive + offs, mask=m, other=1) != 0
         col = tl.where(inact, 0.0, col)
@@ -146,6 +154,7 @@ class Scratch:
 def _launch(ws, sc: Scratch, t: int, update: bool) -> None:
     n = ws.d.numel()
     k = sc.part_val.numel()
+    tb = min(ROWS, triton.next_power_of_2(ws.Lc.shape[0]))
     _column_kernel[(k,)](
         ws.A,
         ws.Lc,
@@ -163,7 +172,8 @@ def _launch(ws, sc: Scratch, t: int, update: bool) -> None:
         n,
         t,
         UPDATE=update,
-        TB=triton.next_power_of_2(ws.Lc.shape[0]),
+        TB=tb,
+        NT=triton.cdiv(ws.Lc.shape[0], tb),
         BLOCK=BLOCK_N,
     )
     _reduce_kernel[(1,)](

@@ -56,6 +56,7 @@ def _cases() -> dict[str, tuple[torch.Tensor, dict]]:
         "blocks": (_gram(48, 30, 7), {"blocks": groups, "block_size": 8}),
         "blocks_dead_group": (low_group, {"blocks": groups, "block_size": 8}),
         "max_steps": (_gram(48, 48, 8), {"max_steps": 33, "block_size": 16}),
+        "block_over_64_rows": (_gram(90, 90, 10), {"block_size": 80}),  # two row tiles per step
     }
 
 
