@@ -152,6 +152,14 @@ class Scratch:
 
 
 def _launch(ws, sc: Scratch, t: int, update: bool) -> None:
+    if ws.d.device.type == "cuda":
+        with torch.cuda.device(ws.d.device):  # triton launches on the current device, not the tensors'
+            _launch_here(ws, sc, t, update)
+    else:
+        _launch_here(ws, sc, t, update)
+
+
+def _launch_here(ws, sc: Scratch, t: int, update: bool) -> None:
     n = ws.d.numel()
     k = sc.part_val.numel()
     tb = min(ROWS, triton.next_power_of_2(ws.Lc.shape[0]))
