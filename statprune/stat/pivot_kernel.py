@@ -30,7 +30,6 @@ import triton.language as tl
 
 BLOCK_N = 64  # columns per program of the column kernel: n = 11008 → 172 programs
 ROWS = 64  # rows of Lc per tile of the Σ_{s<t} product
-SINGLE_LAUNCH = False  # experimental: reduce in the column kernel's last program (atomic counter)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -48,13 +47,9 @@ def _column_kernel(
     part_val,  # (programs,) float64
     part_idx,  # (programs,) int64
     part_sum,  # (programs,) float64
-    counter,  # () int32, programs done (single-launch mode)
-    res,  # (block_size,) float64
     n,
     t,
     UPDATE: tl.constexpr,
-    SINGLE: tl.constexpr,
-    P: tl.constexpr,
     TB: tl.constexpr,
     NT: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -106,25 +101,6 @@ def _column_kernel(
     tl.store(part_val + pid, best)
     tl.store(part_idx + pid, arg.to(tl.int64))
     tl.store(part_sum + pid, tl.sum(dv, axis=0))
-    if SINGLE:  # the last program to finish reduces the partials: one launch per step
-        done = tl.atomic_add(counter, 1, sem="acq_rel")
-        if done == tl.num_programs(0) - 1:
-            _reduce(part_val, part_idx, part_sum, piv_idx, piv_val, res, tl.num_programs(0), t, UPDATE, P)
-            tl.atomic_xchg(counter, 0)
-
-
-@triton.jit
-def _reduce(part_val, part_idx, part_sum, piv_idx, piv_val, res, programs, t, WRITE_RES, P: tl.constexpr):
-    i = tl.arange(0, P)
-    m = i < programs
-    v = tl.load(part_val + i, mask=m, other=float("-inf"), volatile=True)
-    ix = tl.load(part_idx + i, mask=m, other=2**62, volatile=True)
-    best = tl.max(v, axis=0)
-    arg = tl.min(tl.where(m & (v == best), ix, 2**62), axis=0)
-    tl.store(piv_idx, arg)
-    tl.store(piv_val, best)
-    if WRITE_RES:
-        tl.store(res + t, tl.sum(tl.load(part_sum + i, mask=m, other=0.0, volatile=True), axis=0))
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -140,7 +116,16 @@ def _reduce_kernel(
     WRITE_RES: tl.constexpr,
     P: tl.constexpr,
 ):
-    _reduce(part_val, part_idx, part_sum, piv_idx, piv_val, res, programs, t, WRITE_RES, P)
+    i = tl.arange(0, P)
+    m = i < programs
+    v = tl.load(part_val + i, mask=m, other=float("-inf"))
+    ix = tl.load(part_idx + i, mask=m, other=2**62)
+    best = tl.max(v, axis=0)
+    arg = tl.min(tl.where(m & (v == best), ix, 2**62), axis=0)
+    tl.store(piv_idx, arg)
+    tl.store(piv_val, best)
+    if WRITE_RES:
+        tl.store(res + t, tl.sum(tl.load(part_sum + i, mask=m, other=0.0), axis=0))
 
 
 @dataclass
@@ -152,7 +137,6 @@ class Scratch:
     part_val: torch.Tensor
     part_idx: torch.Tensor
     part_sum: torch.Tensor
-    counter: torch.Tensor
 
     @classmethod
     def new(cls, n: int, device: torch.device) -> Scratch:
@@ -164,7 +148,6 @@ class Scratch:
             part_val=torch.empty(k, **f64),
             part_idx=torch.empty(k, dtype=torch.int64, device=device),
             part_sum=torch.empty(k, **f64),
-            counter=torch.zeros((), dtype=torch.int32, device=device),
         )
 
 
@@ -194,19 +177,13 @@ def _launch_here(ws, sc: Scratch, t: int, update: bool) -> None:
         sc.part_val,
         sc.part_idx,
         sc.part_sum,
-        sc.counter,
-        ws.res,
         n,
         t,
         UPDATE=update,
-        SINGLE=SINGLE_LAUNCH,
-        P=triton.next_power_of_2(k),
         TB=tb,
         NT=triton.cdiv(ws.Lc.shape[0], tb),
         BLOCK=BLOCK_N,
     )
-    if SINGLE_LAUNCH:
-        return
     _reduce_kernel[(1,)](
         sc.part_val,
         sc.part_idx,
