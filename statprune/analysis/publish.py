@@ -60,7 +60,8 @@ def publish_study(
     """Copy the done records of ``spec``'s study into ``dest_root/<study>/`` and write its provenance.
 
     The destination then holds exactly the study's done records (earlier copies of runs that are no
-    longer done are removed). ``compatible_since`` (a commit) replaces the marker kept from the last
+    longer done are removed); a record whose run the spec does not expand to (a run dropped from the
+    spec, or a record copied in from another study) is left out and counted as ``not in the spec``. ``compatible_since`` (a commit) replaces the marker kept from the last
     publish; ``reason`` says what changed then.
     """
     study = resolve_study(spec, results_root)
@@ -77,6 +78,7 @@ def publish_study(
     records: dict[str, dict[str, Any]] = {}
     skipped: Counter[str] = Counter()
     expected = Expected()
+    in_spec = None if study.expected is None else {run_id for run_id, _, _ in study.expected}
     for path in sorted(p for p in src.glob("*.json") if not p.name.startswith(".")):
         try:
             rec = json.loads(path.read_text())
@@ -84,6 +86,9 @@ def publish_study(
             skipped["unreadable"] += 1
             continue
         if not isinstance(rec, dict) or "run_id" not in rec:
+            continue
+        if in_spec is not None and rec["run_id"] not in in_spec:
+            skipped["not in the spec"] += 1
             continue
         if rec.get("status") != "done":
             skipped[str(rec.get("status"))] += 1

@@ -78,6 +78,20 @@ def test_publish_copies_done_json_records_with_provenance(tmp_path, monkeypatch)
     assert prov["published_from"]["versions"]["statprune"] and prov["compatible_since"] is None
 
 
+def test_publish_leaves_out_records_the_spec_does_not_expand_to(tmp_path, monkeypatch):
+    """A record of another study (or of a run dropped from the spec) in the folder is not published."""
+    monkeypatch.chdir(tmp_path)
+    spec, src = _sweep_output(tmp_path)
+    done = sorted(p for p in src.glob("*.json") if json.loads(p.read_text())["status"] == "done")
+    stray = json.loads(done[0].read_text())
+    stray["run_id"] = "0123456789ab"
+    (src / "0123456789ab.json").write_text(json.dumps(stray))
+    r = publish_study(spec, results_root=tmp_path / "results", dest_root=tmp_path / "pub")
+    assert "0123456789ab" not in r.published and len(r.published) == len(done)
+    assert r.skipped == {"failed": 1, "not in the spec": 1}
+    assert not (tmp_path / "pub" / "toy_cls" / "0123456789ab.json").exists()
+
+
 def test_publish_marks_records_older_than_compatible_since_and_keeps_the_marker(tmp_path, monkeypatch):
     commits = _git("rev-list", "--max-count=3", "HEAD").split()
     if len(commits) < 3:

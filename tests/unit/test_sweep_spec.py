@@ -206,7 +206,7 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
         ("smollm2_stat_loss.toml", 24),
         ("smollm2_stat_holdout.toml", 18),
         ("smollm2_stat_obs.toml", 24),
-        ("smollm2_moby.toml", 7),
+        ("smollm2_moby.toml", 8),
         ("minilm_stat_loss.toml", 32),
         ("calib_ablation.toml", 54),
         ("calib_ablation_smollm2.toml", 21),
