@@ -1,9 +1,10 @@
-"""Where a result came from: package versions, git commit, host, time."""
+"""Where a result came from: package versions, git commit, source hash, host, time."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import os
 import platform
 import socket
@@ -34,6 +35,27 @@ def git_commit() -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """sha256 of the statprune package's source (every ``*.py`` and data file, by relative path).
+
+    The code's identity even where git cannot tell it: a copy of the tree whose ``.git`` is stale or
+    absent (a remote machine's checkout) records a wrong or no commit, or only ``+dirty``; two
+    records with the same source hash ran the same statprune code."""
+    return tree_sha256(Path(__file__).resolve().parent)
+
+
+def tree_sha256(root: Path, suffixes: tuple[str, ...] = (".py", ".json")) -> str:
+    """sha256 over (relative path, content sha256) of the files under ``root`` with ``suffixes``."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in suffixes):
+        if "__pycache__" in path.relative_to(root).parts:
+            continue
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
     import statprune
 
@@ -61,6 +83,7 @@ def provenance() -> dict[str, object]:
     return {
         "versions": versions(),
         "git_commit": git_commit(),
+        "source_sha256": source_sha256(),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -31,7 +31,7 @@ from typing import Any
 
 from statprune.analysis.records import resolve_study
 from statprune.errors import StatpruneError
-from statprune.provenance import git_commit, versions
+from statprune.provenance import git_commit, source_sha256, versions
 from statprune.sweep.fingerprint import RECORD_FORMAT, Expected
 from statprune.sweep.fingerprint import outdated_reason as code_outdated_reason
 
@@ -206,6 +206,7 @@ def _provenance(
         "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "published_from": {
             "git_commit": git_commit(),
+            "source_sha256": source_sha256(),
             "versions": versions(),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         },
@@ -214,6 +215,7 @@ def _provenance(
         "runs": {"done": len(records), "outdated": len(result.outdated), "not_published": result.skipped},
         "records": {
             "git_commits": tally("git_commit"),
+            "source_sha256": tally("source_sha256"),
             "versions": [
                 {"versions": json.loads(v), "runs": n}
                 for v, n in sorted(

@@ -31,7 +31,7 @@ from typing import Any
 from statprune import __version__
 from statprune.errors import StatpruneError
 from statprune.methods import METHODS
-from statprune.provenance import git_commit, peak_memory_bytes, versions
+from statprune.provenance import git_commit, peak_memory_bytes, source_sha256, versions
 from statprune.sweep import owners
 from statprune.sweep import tracking as tracking_mod
 from statprune.sweep.config import RunConfig, thaw
@@ -158,6 +158,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
         "threads": threads,
         "versions": versions(),
         "git_commit": git_commit(),
+        "source_sha256": source_sha256(),
         "started": now_iso(),
         "attempt": int(current.get("attempt") or 0) + 1,  # starts of this run, this one included
     }

@@ -78,6 +78,7 @@ def test_prune_writes_checkpoint_and_report_that_reload(tmp_path):
         "peak_memory_bytes",
         "versions",
         "git_commit",
+        "source_sha256",
     ):
         assert key in rep, key
     assert rep["sparsity_achieved"] >= 0.4 and rep["flops_pruned"] < rep["flops_dense"]
