@@ -9,6 +9,9 @@
 3. prune seconds per variant (the runs shared one GPU, 8 at a time: comparable only within the table).
 
     python benchmarks/stat_variants_analysis.py [--records results/published/smollm2_stat_variants]
+    python benchmarks/stat_variants_analysis.py --records results/published/smollm2_stat_variants \
+        results/published/smollm2_stat_loss --variants stat stat-reference stat-loss-greedy \
+        --figure docs/figures/stat_loss_layers.png --out benchmarks/results/stat_loss_analysis.json
 
 Prints Markdown tables; writes the numbers and the command to
 ``benchmarks/results/stat_variants_analysis.json``.
@@ -42,12 +45,13 @@ def variant_of(name: str) -> str:
     return name.split("-smollm2")[0]
 
 
-def load_variants(folder: str | Path) -> pd.DataFrame:
-    """Done runs of the study, with ``variant``, ``predicted_error`` and ``ppl_increase`` columns."""
-    frame = load_records(folder)
-    frame = frame[frame["status"].eq("done")].copy()
+def load_variants(*folders: str | Path) -> pd.DataFrame:
+    """Done runs of the studies (a run in several, by run id, once), with ``variant``,
+    ``predicted_error`` and ``ppl_increase`` columns."""
+    frame = pd.concat([load_records(f) for f in folders], ignore_index=True)
+    frame = frame[frame["status"].eq("done")].drop_duplicates("run_id").copy()
     if frame.empty:
-        raise StatpruneError(f"no finished run records in {folder}")
+        raise StatpruneError(f"no finished run records in {', '.join(map(str, folders))}")
     frame["variant"] = frame["name"].map(variant_of)
     frame["ppl_increase"] = frame["metric.perplexity"] / frame["dense.perplexity"] - 1.0
     options = frame["method_options"].map(json.loads)
@@ -98,7 +102,8 @@ def plot_layers(fractions: list[dict], path: str | Path, dense_ppl: float | None
     """Two rows (attention, FFN) × one column per sparsity; one line per variant, legend below."""
     sparsities = sorted({f["sparsity"] for f in fractions})
     variants = list(dict.fromkeys(f["variant"] for f in fractions))
-    styles = dict(zip(variants, ({"color": "C0", "marker": "o"}, {"color": "C3", "marker": "s"})))
+    marks = ({"color": "C0", "marker": "o"}, {"color": "C3", "marker": "s"}, {"color": "C2", "marker": "^"})
+    styles = dict(zip(variants, marks))
     rows = (("attention", "attention kept\n(KV groups / 3)"), ("ffn", "FFN neurons kept"))
     with paper_style():
         fig, axes = new_figure(ncols=len(sparsities), nrows=2, width=7.0, height=4.4)
@@ -173,12 +178,12 @@ def markdown_times(rows: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", default="results/published/smollm2_stat_variants")
+    ap.add_argument("--records", nargs="+", default=["results/published/smollm2_stat_variants"])
     ap.add_argument("--variants", nargs="+", default=["stat", "stat-reference"], help="in the figure")
     ap.add_argument("--figure", default="docs/figures/stat_variants_layers.png")
     ap.add_argument("--out", default="benchmarks/results/stat_variants_analysis.json")
     args = ap.parse_args(argv)
-    frame = load_variants(args.records)
+    frame = load_variants(*args.records)
     fractions = layer_fractions(frame, args.variants)
     if not fractions:
         raise StatpruneError(f"no test-split runs of {args.variants} in {args.records}")
@@ -198,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     command = shlex.join(["python", "benchmarks/stat_variants_analysis.py", *(argv or sys.argv[1:])])
     record = {
         "command": command,
-        "records": str(args.records),
+        "records": [str(r) for r in args.records],
         "runs": len(frame),
         "figure": str(figure),
         "rank_correlation": corr,
