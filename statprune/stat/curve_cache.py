@@ -38,6 +38,7 @@ from statprune.cache import cache_dir
 from statprune.calibration import Calibration
 from statprune.errors import StatpruneError
 from statprune.flops import FLOPS_MODEL_VERSION
+from statprune.provenance import tree_sha256
 from statprune.stat.allocate import StatCurve
 from statprune.stat.loss_weights import Weights
 
@@ -108,12 +109,14 @@ def calibration_digest(calib: Calibration) -> str:
 
 
 def code_digest() -> str:
+    """sha256 over the measuring code's files (:data:`SOURCES`), by relative path."""
     h = hashlib.sha256()
     for entry in SOURCES:
         path = _PACKAGE / entry
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(str(f.relative_to(_PACKAGE)).encode())
-            h.update(f.read_bytes())
+        digest = (
+            tree_sha256(path, (".py",)) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        h.update(entry.encode() + b"\0" + digest.encode())
     return h.hexdigest()
 
 
