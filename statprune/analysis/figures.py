@@ -333,7 +333,8 @@ def build_item(
     problems = [c.describe() for c in checks if not c.complete]
     commands = [c.command for c in checks if not c.complete]
     if problems and item.docs and manifest.docs_dir is not None and all(c.published for c in checks):
-        _remove_from_docs(item, manifest.docs_dir)  # its published records no longer support it
+        removed = _remove_from_docs(item, manifest.docs_dir)  # its published records no longer support it
+        problems += [f"removed {_rel(p)}: the published records no longer cover the spec" for p in removed]
     has_done = not frame.empty and frame["status"].eq("done").any()
     if not has_done:
         return ItemResult(item.id, "missing", problems=problems or ["no finished runs"], commands=commands)
@@ -350,9 +351,15 @@ def build_item(
     return ItemResult(item.id, "partial" if problems else "ok", paths, problems, commands)
 
 
-def _remove_from_docs(item: ManifestItem, docs_dir: Path) -> None:
+def _remove_from_docs(item: ManifestItem, docs_dir: Path) -> list[Path]:
+    """Delete the item's committed docs outputs; returns the files that existed."""
+    removed = []
     for ext in ("png", "md"):
-        (docs_dir / f"{item.id}.{ext}").unlink(missing_ok=True)
+        path = docs_dir / f"{item.id}.{ext}"
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _copy_to_docs(paths: Sequence[Path], docs_dir: Path) -> list[Path]:

@@ -220,6 +220,12 @@ def test_figures_read_published_records_by_default(tmp_path, monkeypatch):
     stale = build_figures(manifest, only=["calib_lm"])[0]
     assert stale.status == "incomplete" and "1 outdated" in stale.problems[0]
     assert not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()  # withdrawn from the README
+    assert (
+        stale.problems[-1]
+        == "removed docs/figures/calib_lm.md: the published records no longer cover the spec"
+    )
+    again = build_figures(manifest, only=["calib_lm"])[0]  # nothing left to remove: not said again
+    assert not any(p.startswith("removed ") for p in again.problems)
     partial = build_figures(manifest, only=["calib_lm"], allow_missing=True)[0]
     assert partial.status == "partial" and not (tmp_path / "docs" / "figures" / "calib_lm.md").exists()
     assert build_figures(manifest, only=["calib_lm"], include_outdated=True)[0].status == "ok"
