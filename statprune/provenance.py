@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
 import os
 import platform
 import socket
@@ -36,23 +35,24 @@ def git_commit() -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def source_sha256() -> str:
-    """sha256 of the statprune package's source (every ``*.py`` and data file, by relative path).
+    """sha256 of the statprune package's source (its ``*.py`` and ``*.json`` files, by relative path).
 
     The code's identity even where git cannot tell it: a copy of the tree whose ``.git`` is stale or
     absent (a remote machine's checkout) records a wrong or no commit, or only ``+dirty``; two
     records with the same source hash ran the same statprune code."""
-    return tree_sha256(Path(__file__).resolve().parent)
+    from statprune.data.origin import content_sha256
+
+    package = Path(__file__).resolve().parent
+    return content_sha256(source_files(package), root=package)
 
 
-def tree_sha256(root: Path, suffixes: tuple[str, ...] = (".py", ".json")) -> str:
-    """sha256 over (relative path, content sha256) of the files under ``root`` with ``suffixes``."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in suffixes):
-        if "__pycache__" in path.relative_to(root).parts:
-            continue
-        h.update(path.relative_to(root).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
+def source_files(root: Path, suffixes: tuple[str, ...] = (".py", ".json")) -> list[Path]:
+    """The files under ``root`` with ``suffixes``, bytecode caches left out."""
+    return [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in suffixes and "__pycache__" not in p.relative_to(root).parts
+    ]
 
 
 @functools.lru_cache(maxsize=1)

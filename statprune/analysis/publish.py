@@ -61,7 +61,8 @@ def publish_study(
 
     The destination then holds exactly the study's done records (earlier copies of runs that are no
     longer done are removed); a record whose run the spec does not expand to (a run dropped from the
-    spec, or a record copied in from another study) is left out and counted as ``not in the spec``. ``compatible_since`` (a commit) replaces the marker kept from the last
+    spec, or a record copied in from another study) is left out and counted as ``not in the spec``.
+    ``compatible_since`` (a commit) replaces the marker kept from the last
     publish; ``reason`` says what changed then.
     """
     study = resolve_study(spec, results_root)

@@ -36,9 +36,10 @@ import torch
 from statprune.allocation import BlockCurve
 from statprune.cache import cache_dir
 from statprune.calibration import Calibration
+from statprune.data.origin import content_sha256
 from statprune.errors import StatpruneError
 from statprune.flops import FLOPS_MODEL_VERSION
-from statprune.provenance import tree_sha256
+from statprune.provenance import source_files
 from statprune.stat.allocate import StatCurve
 from statprune.stat.loss_weights import Weights
 
@@ -109,15 +110,12 @@ def calibration_digest(calib: Calibration) -> str:
 
 
 def code_digest() -> str:
-    """sha256 over the measuring code's files (:data:`SOURCES`), by relative path."""
-    h = hashlib.sha256()
+    """sha256 over the measuring code's files (:data:`SOURCES`), by path relative to the package."""
+    files = []
     for entry in SOURCES:
         path = _PACKAGE / entry
-        digest = (
-            tree_sha256(path, (".py",)) if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-        )
-        h.update(entry.encode() + b"\0" + digest.encode())
-    return h.hexdigest()
+        files += source_files(path, (".py",)) if path.is_dir() else [path]
+    return content_sha256(files, root=_PACKAGE)
 
 
 def _config(model: torch.nn.Module) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statprune.provenance import source_sha256, tree_sha256
+from statprune.data.origin import content_sha256
+from statprune.provenance import source_files, source_sha256
 
 
 def _tree(root: Path) -> None:
@@ -16,25 +17,39 @@ def _tree(root: Path) -> None:
     (root / "notes.txt").write_text("ignored")
 
 
-def test_tree_hash_names_content_and_paths(tmp_path):
+def _digest(root: Path) -> str:
+    return content_sha256(source_files(root), root=root)
+
+
+def test_source_files_are_code_and_data_without_caches(tmp_path):
+    _tree(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in source_files(tmp_path)] == [
+        "a.py",
+        "sub/b.py",
+        "sub/c.json",
+    ]
+
+
+def test_source_digest_names_content_and_paths(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     _tree(one), _tree(two)
-    base = tree_sha256(one)
-    assert base == tree_sha256(two)  # same files elsewhere: same hash
+    base = _digest(one)
+    assert base == _digest(two)  # same files elsewhere: same hash
     (two / "notes.txt").write_text("changed")
     (two / "sub" / "__pycache__" / "b.cpython-311.pyc").write_bytes(b"\2")
-    assert tree_sha256(two) == base  # neither caches nor other files count
-    (two / "sub" / "b.py").write_text("y = 3\n")
-    assert tree_sha256(two) != base  # one changed byte of code
-    (two / "sub" / "b.py").write_text("y = 2\n")
-    assert tree_sha256(two) == base
+    assert _digest(two) == base  # neither caches nor other files count
+    # file hashes are cached per (path, size, mtime): each edit changes the size
+    (two / "sub" / "b.py").write_text("y = 23\n")
+    assert _digest(two) != base  # edited code
     (two / "sub" / "b.py").rename(two / "b.py")
-    assert tree_sha256(two) != base  # a moved file
+    (one / "sub" / "b.py").write_text("y = 23\n")
+    assert _digest(two) != _digest(one)  # a moved file
 
 
 def test_source_hash_is_the_package_tree():
     import statprune
 
-    assert source_sha256() == tree_sha256(Path(statprune.__file__).parent)
+    package = Path(statprune.__file__).parent
+    assert source_sha256() == _digest(package)
     assert len(source_sha256()) == 64
