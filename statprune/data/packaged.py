@@ -35,13 +35,9 @@ def packaged_lm_task(
 ) -> LMTask:
     """The LM task over asset ``alias`` (``folder=None``) or a folder laid out like its ``data/``;
     ``rows(split, folder=...)`` reads one split's documents in order."""
-    return LMTask(
+    return LMTask.windowed(
+        WINDOW,
         name=name,
-        kind="lm",
-        num_labels=0,
-        metric_names=("perplexity",),
-        flops_seq_len=float(WINDOW),
-        max_length=WINDOW,
         loader=functools.partial(rows, folder=folder),
         origin=functools.partial(local_provenance, folder)
         if folder is not None

@@ -131,6 +131,13 @@ class LMTask(Task):
 
     separator: str = "\n\n"
 
+    @classmethod
+    def windowed(cls, window: int, **fields: Any) -> LMTask:
+        """An LM task scored by perplexity over windows of ``window`` tokens, which is also the
+        sequence length of its FLOPs model."""
+        fields.setdefault("metric_names", ("perplexity",))
+        return cls(kind="lm", num_labels=0, flops_seq_len=float(window), max_length=window, **fields)
+
     def text(self, split: str) -> str:
         return self.separator.join(r["text"] for r in self.examples(split))
 

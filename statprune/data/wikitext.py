@@ -39,13 +39,9 @@ def wikitext_task(
     window: int = WINDOW, *, name: str = "wikitext-2", data_dir: str | Path | None = None
 ) -> LMTask:
     """WikiText-2 with windows of ``window`` tokens, over the hub (or ``$STATPRUNE_DATA_*``) or ``data_dir``."""
-    return LMTask(
+    return LMTask.windowed(
+        window,
         name=name,
-        kind="lm",
-        num_labels=0,
-        metric_names=("perplexity",),
-        flops_seq_len=float(window),
-        max_length=window,
         loader=functools.partial(wikitext_rows, data_name="wikitext-2", data_dir=data_dir),
         description=f"WikiText-2 (raw), rows joined by blank lines, {window}-token windows",
         separator="\n\n",
