@@ -36,8 +36,18 @@ Allocation (``allocation``): ``reference`` is the released code's rule, i.e. the
 decoder variant by ``adapter.causal``; every difference from the release is listed in
 :mod:`statprune.stat.allocate`); ``share`` is this project's fixed head/FFN FLOPs share with a
 per-type threshold on depth-weighted errors (``paper`` is its deprecated old name); ``greedy``
-removes the unit with the least error increase per FLOP across all blocks. The default stays
-``share`` until a dev-split measurement decides.
+removes the unit with the least error increase per FLOP across all blocks.
+
+Defaults (``error_norm=auto``, ``allocation=auto``, :func:`effective_options`): decoders
+(``adapter.causal``) get ``error_norm=loss`` with ``allocation=greedy``, encoders ``residual`` with
+``share`` — what the dev splits chose (docs/STAT_VARIANTS.md: on SmolLM2 loss+greedy is best on dev
+at 10/20/30%, by up to 22%; on MiniLM it ties the encoder default, which therefore stays). ``auto``
+follows an explicit setting of the other option: ``allocation=reference`` takes ``residual`` (the
+rule reads raw statistics), an explicit ``error_norm=loss`` takes ``greedy``, any other explicit
+norm ``share``; these are resolved when the options are parsed, so a record's resolved options
+say them (only ``error_norm=auto`` waits for the model). A decoder streamed from host memory (``weights=stream``) cannot take the loss's
+backward pass, so there ``auto`` means ``residual``/``share``, with a warning. The record's
+``diagnostics.auto_options`` says what ``auto`` became.
 
 Issue 15 variants, all off by default (docs/STAT_VARIANTS.md): ``max_layer_departure`` /
 ``protect_layers`` bound each block's removal (:func:`statprune.allocation.bound_curves`);
@@ -108,12 +118,13 @@ from statprune.timing import StageTimer
 
 @dataclass(frozen=True)
 class StatOptions:
-    # share: measured better than greedy (README "Results"); reference (the paper's) not yet measured
-    allocation: Literal["greedy", "share", "reference", "paper"] = "share"
+    # auto: greedy for decoders, share for encoders (effective_options; docs/STAT_VARIANTS.md)
+    allocation: Literal["auto", "greedy", "share", "reference", "paper"] = "auto"
     correction: bool = True
     repropagate: bool = True
     gqa: Literal["group", "uniform"] = "group"
-    error_norm: Literal["residual", "median", "trimmed", "none", "depth_fit", "loss"] = "residual"
+    # auto: loss for decoders, residual for encoders (effective_options)
+    error_norm: Literal["auto", "residual", "median", "trimmed", "none", "depth_fit", "loss"] = "auto"
     head_share: float | None = None
     rel_tol: float = 1e-12
     device: str | None = None
@@ -147,6 +158,11 @@ class StatOptions:
                 stacklevel=3,
             )
             object.__setattr__(self, "allocation", "share")
+        # auto decided without the model where it can be (so the record's resolved options say it):
+        if self.error_norm == "auto" and self.allocation == "reference":  # reads raw statistics
+            object.__setattr__(self, "error_norm", "residual")
+        if self.allocation == "auto" and self.error_norm != "auto":
+            object.__setattr__(self, "allocation", "greedy" if self.error_norm == "loss" else "share")
         if not 0.0 < self.sketch_ratio <= 1.0:
             raise StatpruneError(f"sketch_ratio must be in (0, 1], got {self.sketch_ratio}")
         if self.neuron_multiple < 1:
@@ -206,6 +222,22 @@ AFTER_MEASURE = frozenset(
         "progress",  # display only
     }
 )
+
+
+def effective_options(opts: StatOptions, *, causal: bool, streamed: bool = False) -> StatOptions:
+    """``opts`` with ``error_norm=auto`` (and the ``allocation=auto`` that follows it) made concrete
+    for the model: ``StatOptions`` already resolved every ``auto`` that does not depend on it."""
+    if opts.error_norm != "auto":
+        return opts
+    if causal and streamed:
+        warnings.warn(
+            "stat: the decoder default error_norm=loss needs the whole model on the device; "
+            "streamed (weights=stream), it prunes with error_norm=residual allocation=share "
+            "(diagnostics.auto_options)",
+            stacklevel=2,
+        )
+    # replace() runs __post_init__ again, which turns allocation=auto into greedy (loss) or share
+    return dataclasses.replace(opts, error_norm="loss" if causal and not streamed else "residual")
 
 
 def measure_options(opts: StatOptions) -> dict:
@@ -307,6 +339,8 @@ def layer_scale(walk: LayerWalk, norm: str) -> float:
     """
     if norm in ("none", "depth_fit", "loss"):
         return 1.0
+    if norm == "auto":
+        raise StatpruneError("layer_scale needs a concrete error_norm, not 'auto' (effective_options)")
     if norm == "residual":
         return walk.energy()
     per_token, per_dim = [], 0.0
@@ -426,12 +460,16 @@ def allocate(
     elif opts.allocation == "reference":
         variant = "decoder" if adapter.causal else "encoder"
         kept = reference_allocation(curves, to_remove, variant=variant)
-    else:
+    elif opts.allocation == "share":
         share = opts.head_share
         if share is None:
             attention = sum(layer_flops(adapter, i, target.seq_len)[0] for i in range(adapter.num_layers))
             share = attention / target.dense
         kept = share_allocation(curves, to_remove, num_layers=adapter.num_layers, head_share=share)
+    else:  # auto: stat_prune resolves it first (effective_options)
+        raise StatpruneError(
+            f"allocate needs a concrete allocation, not {opts.allocation!r} (effective_options)"
+        )
     if bounded:
         kept = enforce_bounds(kept, curves, to_remove)
     return round_neurons(kept, curves, opts.neuron_multiple, to_remove)
@@ -636,6 +674,8 @@ def stat_prune(
     home = adapter.device
     device = resolve_device(options.device, home)
     streamed = _stream_weights(options.weights, model, home, device)
+    auto = {k: getattr(options, k) == "auto" for k in ("error_norm", "allocation")}
+    options = effective_options(options, causal=adapter.causal, streamed=streamed)
     if streamed and options.error_norm == "loss":
         raise StatpruneError("error_norm=loss needs the whole model on the device (not weights=stream)")
     stream = LayerStreamer(adapter.layers(), device) if streamed else None
@@ -707,6 +747,7 @@ def stat_prune(
             "predicted_error": float(sum(float(c.errors[kept[(c.layer, c.kind)]]) for c in curves)),
             "device": str(device),
             "curves_cache": "off" if key is None else "hit" if cached is not None else "miss",
+            "auto_options": {k: getattr(options, k) for k, was_auto in auto.items() if was_auto},
             "hidden_offloaded": offload,
             "weights_streamed": streamed,
             # error_norm=loss: Σ_d g_l[d] per sub-block (the last round's), to read the allocation

@@ -61,11 +61,19 @@ def _same_model(a, b):
         assert sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]), k
 
 
-CASES = [  # (first run, allocation-only variant)
-    ({}, {"allocation": "greedy"}),
+RESIDUAL = {"error_norm": "residual"}
+CASES = [  # (first run, allocation-only variant); the tiny model is a decoder: auto means loss+greedy
+    (RESIDUAL, {**RESIDUAL, "allocation": "greedy"}),
     ({"error_norm": "loss"}, {"error_norm": "loss", "allocation": "greedy", "max_layer_departure": 0.1}),
-    ({}, {"allocation": "reference", "correction_target": "dense", "damping": 0.01, "neuron_multiple": 4}),
-    ({"allocation": "greedy"}, {"rounds": 2, "protect_layers": "first:1", "repropagate": False}),
+    (
+        RESIDUAL,
+        {"allocation": "reference", "correction_target": "dense", "damping": 0.01, "neuron_multiple": 4},
+    ),
+    (
+        {**RESIDUAL, "allocation": "greedy"},
+        {**RESIDUAL, "rounds": 2, "protect_layers": "first:1", "repropagate": False},
+    ),
+    ({}, {"error_norm": "loss", "allocation": "share"}),  # the key holds what auto became
 ]
 
 
@@ -75,7 +83,7 @@ def test_a_hit_skips_the_measure_walk_and_is_bit_identical(cache_on, calls, monk
     assert res.diagnostics["curves_cache"] == "miss"
     assert calls["measure"] == 1
     assert len(list(cache_on.glob("*.pt"))) == 1 and len(list(cache_on.glob("*.json"))) == 1
-    loss = first.get("error_norm") == "loss"
+    loss = first.get("error_norm", "loss") == "loss"
     assert calls["loss"] == int(loss)
 
     hit_model, hit = _run(variant)

@@ -161,3 +161,43 @@ def test_loss_weighted_prune_meets_the_flops_target_within_one_unit(family, rule
 def test_loss_norm_refuses_the_reference_rule():
     with pytest.raises(StatpruneError, match="error_norm=loss"):
         StatOptions(allocation="reference", error_norm="loss")
+
+
+@pytest.mark.parametrize(
+    ("family", "given", "want"),
+    [
+        ("llama-gqa", {}, {"error_norm": "loss", "allocation": "greedy"}),  # decoders: dev's choice
+        ("bert", {}, {"error_norm": "residual", "allocation": "share"}),  # encoders: unchanged
+        ("llama", {"allocation": "greedy"}, {"error_norm": "loss"}),
+        ("bert", {"allocation": "share"}, {"error_norm": "residual"}),
+    ],
+)
+def test_auto_defaults_prune_exactly_as_the_options_they_become(family, given, want):
+    calib = random_calibration(n=8, length=SEQ)
+    runs, states = {}, {}
+    for name, opts in (("auto", given), ("explicit", {**given, **want})):
+        model = tiny_model(family, layers=3)
+        runs[name] = prune(model, calib, Target(0.3, SEQ), options={"progress": False, **opts})
+        states[name] = model.state_dict()
+    assert runs["auto"].diagnostics["auto_options"] == want
+    assert runs["explicit"].diagnostics["auto_options"] == {}
+    assert runs["auto"].diagnostics["kept_units"] == runs["explicit"].diagnostics["kept_units"]
+    assert runs["auto"].diagnostics["predicted_error"] == runs["explicit"].diagnostics["predicted_error"]
+    loss = {**given, **want}["error_norm"] == "loss"
+    assert ("loss_weight_totals" in runs["auto"].diagnostics) == loss
+    for k, v in states["explicit"].items():
+        assert torch.equal(states["auto"][k], v), k
+
+
+def test_auto_is_resolved_at_parse_time_where_the_model_does_not_matter():
+    assert (StatOptions().error_norm, StatOptions().allocation) == ("auto", "auto")
+    assert StatOptions(allocation="reference").error_norm == "residual"  # the rule reads raw statistics
+    assert StatOptions(error_norm="loss").allocation == "greedy"
+    assert StatOptions(error_norm="median").allocation == "share"
+    assert StatOptions(allocation="greedy").error_norm == "auto"  # decided by the model
+
+
+def test_internal_steps_refuse_an_unresolved_auto():
+    ad, curves, target = _curves_and_target("llama", "residual", None)
+    with pytest.raises(StatpruneError, match="auto"):
+        allocate(ad, curves, target, StatOptions(allocation="auto"))

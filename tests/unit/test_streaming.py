@@ -15,6 +15,7 @@ from statprune.pruner import Target, prune
 from tests.unit.tiny import FAMILIES, random_calibration, tiny_model
 
 QUIET = {"progress": False}
+RESIDUAL = {"error_norm": "residual", "allocation": "share"}  # the loss's backward pass is not streamed
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -25,7 +26,7 @@ def test_streamed_prune_equals_in_memory(family, repropagate):
     results, states = {}, {}
     for weights in ("device", "stream"):
         model = copy.deepcopy(base)
-        opts = {**QUIET, "weights": weights, "repropagate": repropagate}
+        opts = {**QUIET, **RESIDUAL, "weights": weights, "repropagate": repropagate}
         results[weights] = prune(model, calib, Target(0.4, 20), options=opts)
         states[weights] = model.state_dict()
     assert results["stream"].diagnostics["weights_streamed"]
@@ -67,6 +68,18 @@ def test_each_layer_runs_on_its_streamed_copy_and_later_layers_stay_home(family)
     runs = 1 if adapter.plain_residual else 3
     assert seen == [i for i in range(3) for _ in range(b)] + [i for i in range(3) for _ in range(runs * b)]
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_a_streamed_decoder_prunes_with_residual_share_under_auto():
+    calib = random_calibration()
+    with pytest.warns(UserWarning, match="streamed"):
+        res = prune(
+            tiny_model("llama", layers=3), calib, Target(0.4, 20), options={**QUIET, "weights": "stream"}
+        )
+    assert res.diagnostics["auto_options"] == RESIDUAL
+    assert "loss_weight_totals" not in res.diagnostics
+    ref = prune(tiny_model("llama", layers=3), calib, Target(0.4, 20), options={**QUIET, **RESIDUAL})
+    assert res.diagnostics["kept_units"] == ref.diagnostics["kept_units"]
 
 
 def test_auto_does_not_stream_on_cpu():
