@@ -58,7 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--adopt-from",
         action="append",
-        default=[],
         metavar="DIR",
         help="also adopt from the records in DIR (e.g. results/published/<study>), after the study's own; repeatable",
     )
@@ -94,10 +93,12 @@ def _main(args: argparse.Namespace) -> int:
     if args.only and not runs:
         raise StatpruneError(f"--only {' '.join(args.only)} matches no run of {args.spec}")
 
+    if args.no_adopt and args.adopt_from:
+        raise StatpruneError("--adopt-from and --no-adopt contradict each other")
     if args.status or args.dry_run:
         from statprune.sweep.adopt import adoptable
 
-        found = {} if args.no_adopt else adoptable(store, runs, args.adopt_from)
+        found = {} if args.no_adopt else adoptable(store, runs, args.adopt_from or ())
         rows = L.plan(
             store,
             runs,
@@ -134,7 +135,7 @@ def _main(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         keep_outdated=args.keep_outdated,
         adopt=not args.no_adopt,
-        adopt_from=tuple(args.adopt_from),
+        adopt_from=tuple(args.adopt_from or ()),
         tracking=not args.no_wandb,
         parallel=args.parallel,
         threads=args.threads,
