@@ -142,6 +142,8 @@ def _publish(args: argparse.Namespace) -> int:
         print("not published: " + ", ".join(f"{n} {s}" for s, n in r.skipped.items()))
     if r.removed:
         print(f"removed {len(r.removed)} earlier copies: {', '.join(r.removed)}")
+    if r.adopted:
+        print(f"{len(r.adopted)} of them adopted (same resolved options, other spelling; adopted_from)")
     for run_id, why in r.outdated.items():
         print(f"outdated {run_id}: {why}")
     return 0

@@ -3,7 +3,8 @@
 ``results/`` is gitignored; ``results/published/`` is not, so a fresh clone can redraw every paper
 figure (``statprune figures`` reads published records first). Publishing copies the JSON record of
 each ``done`` run — never weights, checkpoints, locks or reports — with absolute home paths
-replaced by ``~``, and writes ``PROVENANCE.json`` (who published what from which code).
+replaced by ``~``, and writes ``PROVENANCE.json`` (who published what from which code, and how
+many records a run adopted from another run with the same resolved options; :mod:`statprune.sweep.adopt`).
 
 A published record is *outdated* when other code made it: by the sweep's own rule (its record
 format predates the current one, or its fingerprint — resolved method options, FLOPs-model version,
@@ -25,6 +26,7 @@ import platform
 import re
 import subprocess
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ class PublishResult:
     outdated: dict[str, str] = field(default_factory=dict)  # run id → why
     skipped: dict[str, int] = field(default_factory=dict)  # status → count (not done)
     removed: list[str] = field(default_factory=list)  # previously published, no longer done here
+    adopted: dict[str, str] = field(default_factory=dict)  # run id → the run id it adopted the record of
 
 
 def publish_study(
@@ -100,6 +103,8 @@ def publish_study(
             rec["outdated"] = why
             result.outdated[rec["run_id"]] = why
         records[rec["run_id"]] = scrub_home(rec)
+        if isinstance(rec.get("adopted_from"), dict):
+            result.adopted[rec["run_id"]] = str(rec["adopted_from"].get("run_id"))
     if not records:
         raise StatpruneError(f"study {study.name!r} has no done runs in {src}; nothing to publish")
     dest.mkdir(parents=True, exist_ok=True)
@@ -119,7 +124,9 @@ def publish_study(
 
 
 def outdated_reason(
-    rec: dict[str, Any], marker: dict[str, str] | None, expected: Expected | None = None
+    rec: dict[str, Any],
+    marker: dict[str, str] | None,
+    expected: Mapping[str, Any] | Expected | None = None,
 ) -> str | None:
     """Why ``rec`` comes from other code than the study accepts, or None: the sweep's rule (record
     format, fingerprint of resolved options and FLOPs model; :mod:`statprune.sweep.fingerprint`),
@@ -213,7 +220,12 @@ def _provenance(
         },
         "record_format": RECORD_FORMAT,
         "compatible_since": marker,
-        "runs": {"done": len(records), "outdated": len(result.outdated), "not_published": result.skipped},
+        "runs": {
+            "done": len(records),
+            "outdated": len(result.outdated),
+            "adopted": len(result.adopted),
+            "not_published": result.skipped,
+        },
         "records": {
             "git_commits": tally("git_commit"),
             "source_sha256": tally("source_sha256"),

@@ -49,6 +49,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="count done records made by other code (other resolved options, FLOPs model or record "
         "format; shown as outdated by --status) as done instead of running them again",
     )
+    p.add_argument(
+        "--no-adopt",
+        action="store_true",
+        help="do not let runs without a record adopt the done record of a run that differs only in how "
+        "its options are spelled (same config otherwise, same resolved options: same fingerprint)",
+    )
+    p.add_argument(
+        "--adopt-from",
+        action="append",
+        metavar="DIR",
+        help="also adopt from the records in DIR (e.g. results/published/<study>), after the study's own; repeatable",
+    )
     p.add_argument("--no-wandb", action="store_true", help="do not mirror runs to wandb")
     p.add_argument(
         "--only", action="append", metavar="ID|NAME", help="restrict to these run ids (prefixes) or names"
@@ -81,8 +93,19 @@ def _main(args: argparse.Namespace) -> int:
     if args.only and not runs:
         raise StatpruneError(f"--only {' '.join(args.only)} matches no run of {args.spec}")
 
+    if args.no_adopt and args.adopt_from:
+        raise StatpruneError("--adopt-from and --no-adopt contradict each other")
     if args.status or args.dry_run:
-        rows = L.plan(store, runs, retry_failed=args.retry_failed, keep_outdated=args.keep_outdated)
+        from statprune.sweep.adopt import adoptable
+
+        found = {} if args.no_adopt else adoptable(store, runs, args.adopt_from or ())
+        rows = L.plan(
+            store,
+            runs,
+            retry_failed=args.retry_failed,
+            keep_outdated=args.keep_outdated,
+            adoptable={r: a.from_id for r, a in found.items()},
+        )
         print(L.format_table(rows, actions=args.dry_run))
         c = L.counts(rows)
         print(
@@ -111,6 +134,8 @@ def _main(args: argparse.Namespace) -> int:
         profile=profile,
         retry_failed=args.retry_failed,
         keep_outdated=args.keep_outdated,
+        adopt=not args.no_adopt,
+        adopt_from=tuple(args.adopt_from or ()),
         tracking=not args.no_wandb,
         parallel=args.parallel,
         threads=args.threads,

@@ -3,7 +3,8 @@
 Resume is the default: runs with a ``done`` record are skipped, missing or stale ones run again,
 ``failed``/``cancelled`` ones only with ``retry_failed``. A done record whose fingerprint differs
 from what the current code would write for its config (:mod:`statprune.sweep.fingerprint`) is
-``outdated`` and runs again, unless ``keep_outdated``. Before submitting, the driver claims every
+``outdated`` and runs again, unless ``keep_outdated``. A run without a record first adopts the done
+record of a run that computed the same (:mod:`statprune.sweep.adopt`), unless ``adopt`` is off. Before submitting, the driver claims every
 run it will launch (lock files, see :mod:`statprune.sweep.store`), so a second launch of the same
 spec at the same time waits for those runs instead of running them twice. While waiting it polls
 the executor; a job that ends without writing its final record (``scancel``, killed, out of memory)
@@ -18,12 +19,13 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from statprune.sweep import owners
+from statprune.sweep.adopt import adopt
 from statprune.sweep.config import RunSpec, SweepSpec, finetune_key, thaw
 from statprune.sweep.executors import ClusterProfile, Item, Outcome, make_executor
 from statprune.sweep.fingerprint import Expected, outdated_reason
@@ -43,12 +45,19 @@ class PlanRow:
 
 
 def plan(
-    store: RunStore, runs: Sequence[RunSpec], *, retry_failed: bool = False, keep_outdated: bool = False
+    store: RunStore,
+    runs: Sequence[RunSpec],
+    *,
+    retry_failed: bool = False,
+    keep_outdated: bool = False,
+    adoptable: Mapping[str, str] | None = None,
 ) -> list[PlanRow]:
     """What a launch would do with each run, from the records and locks on disk.
 
     A done record made by other code becomes state ``outdated`` (action run; the detail says why),
-    or stays done with ``keep_outdated`` (the detail still says why).
+    or stays done with ``keep_outdated`` (the detail still says why). ``adoptable`` (run id → the
+    run id whose record it would adopt; :func:`statprune.sweep.adopt.adoptable`) turns those missing
+    runs' action into ``adopt``; an adopted done record says so in the detail.
     """
     states = store.states(r.run_id for r in runs)
     expected = Expected()
@@ -65,10 +74,15 @@ def plan(
             action = "skip"
             if why:
                 st = RunState("done", st.record, st.lock, f"outdated, kept: {why}")
+            elif isinstance(src := (st.record or {}).get("adopted_from"), dict):
+                st = RunState("done", st.record, st.lock, f"adopted from {src.get('run_id')}")
         elif st.status in ("failed", "cancelled"):
             action = "retry" if retry_failed else "skip"
         elif st.status == "running":
             action = "wait"
+        elif st.status == "missing" and adoptable and r.run_id in adoptable:
+            st = RunState("missing", st.record, st.lock, f"adoptable from {adoptable[r.run_id]}")
+            action = "adopt"
         else:  # missing, stale
             action = "run"
         rows.append(PlanRow(r, st, action))
@@ -109,6 +123,8 @@ class LaunchOptions:
     profile: ClusterProfile | None = None
     retry_failed: bool = False
     keep_outdated: bool = False  # done records made by other code count as done
+    adopt: bool = True  # runs without a record adopt a done record that computed the same (adopt.py)
+    adopt_from: tuple[str, ...] = ()  # more folders of records to adopt from, after the study's own
     tracking: bool = True
     parallel: int | None = None  # local: jobs at once
     threads: int | None = None  # torch threads per run (local/inline); SLURM uses the job's CPUs
@@ -124,6 +140,7 @@ class LaunchReport:
     planned: dict[str, int]
     submitted: list[str] = field(default_factory=list)
     lost: dict[str, str] = field(default_factory=dict)  # run_id → status written by the driver
+    adopted: dict[str, str] = field(default_factory=dict)  # run_id → the run id whose record it adopted
     final: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -143,9 +160,17 @@ def launch(
     """Run every run of ``runs`` that is not done; returns what happened (records are on disk)."""
     t0 = time.monotonic()
     launch_id = new_launch_id()
+    adopted = adopt(store, runs, opts.adopt_from) if opts.adopt else {}
+    if adopted:
+        where = Counter(((store.read(r) or {}).get("adopted_from") or {}).get("source") for r in adopted)
+        echo(
+            f"adopted {len(adopted)} records (same resolved options, other spelling) from "
+            + ", ".join(f"{src} ({n})" for src, n in sorted(where.items(), key=str))
+            + "; --status lists them"
+        )
     rows = plan(store, runs, retry_failed=opts.retry_failed, keep_outdated=opts.keep_outdated)
     actions = Counter(r.action for r in rows)
-    report = LaunchReport(launch_id=launch_id, folder=None, planned=dict(actions))
+    report = LaunchReport(launch_id=launch_id, folder=None, planned=dict(actions), adopted=adopted)
     echo(
         f"sweep {spec.study}: {len(rows)} runs — {actions.get('skip', 0)} skip, {actions.get('run', 0)} run, "
         f"{actions.get('retry', 0)} retry, {actions.get('wait', 0)} running elsewhere"

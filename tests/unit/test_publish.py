@@ -73,7 +73,7 @@ def test_publish_copies_done_json_records_with_provenance(tmp_path, monkeypatch)
     )
     prov = json.loads((dest / "PROVENANCE.json").read_text())
     assert prov["spec_sha256"] == hashlib.sha256(spec.read_bytes()).hexdigest()
-    assert prov["runs"] == {"done": 8, "outdated": 4, "not_published": {"failed": 1}}
+    assert prov["runs"] == {"done": 8, "outdated": 4, "adopted": 0, "not_published": {"failed": 1}}
     assert prov["records"]["git_commits"] == {"1ec6b42": 8} and prov["records"]["hosts"] == {"node01": 8}
     assert prov["published_from"]["versions"]["statprune"] and prov["compatible_since"] is None
 
