@@ -10,6 +10,9 @@
 #                                 full 7B shape, STAT's default at 7B, the compiled decode step for greedy
 #   benchmarks/gpu_session.sh 6   the compiled 7B decode step and BERT-base forward with Inductor freezing
 #                                 (q/k/v and gate/up GEMMs concatenated)
+#   benchmarks/gpu_session.sh 7   the fused pivot step end to end (issue 14 item 1): 7B and BERT-base with
+#                                 the torch step and the fused step (same kept units?), 7B at the
+#                                 former default (residual + share) and at the new auto default (loss + greedy)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -88,6 +91,18 @@ if [[ $PHASE == 6 ]]; then
   step 7b-frozen-decode; run 380 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
     --batch-size 8 --dtype bfloat16 --speed --compile --freeze --name llama-2-7b-stat-s0.3-compiled-frozen
   step bert-base-frozen; run 100 $SP $BERT --speed --compile --freeze --name bert-base-stat-s0.5-compiled-frozen
+fi
+if [[ $PHASE == 7 ]]; then
+  SHARE="--opt error_norm=residual --opt allocation=share"
+  step environment
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv
+  $PY -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
+  step 7b-slice-torch-step; STATPRUNE_TRITON=0 run 60 $SP $LLAMA --layers 4 $SHARE --name llama-2-7b-L4-stat-share-torchstep
+  step 7b-slice-fused; run 60 $SP $LLAMA --layers 4 $SHARE --name llama-2-7b-L4-stat-share-fused
+  step bert-torch-step; STATPRUNE_TRITON=0 run 40 $SP $BERT --name bert-base-stat-s0.5-torchstep
+  step bert-fused; run 40 $SP $BERT --name bert-base-stat-s0.5-fused
+  step 7b-share-fused; run 150 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-fused
+  step 7b-auto; run 180 $SP $LLAMA --name llama-2-7b-stat-s0.3-auto
 fi
 if [[ $PHASE == 1* ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3
