@@ -58,7 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--sizes", default="768,1536,3072,4096,11008,14336")
-    ap.add_argument("--block-size", type=int, default=64, help="pivoted_cholesky's block_size")
+    ap.add_argument(
+        "--block-size", type=int, default=None, help="pivoted_cholesky's block_size (default: its own)"
+    )
     ap.add_argument("--reps", type=int, default=2, help="timed runs per setting (best is kept)")
     ap.add_argument("--no-max-steps", action="store_true", help="skip the max_steps = 0.7 n runs")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")

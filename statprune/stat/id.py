@@ -229,7 +229,7 @@ def pivoted_cholesky(
     max_steps: int | None = None,
     blocks: Sequence[torch.Tensor] | None = None,
     rel_tol: float = 1e-12,
-    block_size: int = 64,
+    block_size: int | None = None,
     fused: bool | None = None,
 ) -> PivotedCholesky:
     """Greedy diagonal-pivoted Cholesky of a PSD matrix (computed in float64).
@@ -240,6 +240,10 @@ def pivoted_cholesky(
 
     ``fused``: run each step as the fused Triton step; ``None`` = on CUDA when :func:`triton_available`
     (``True`` on CPU tensors needs ``TRITON_INTERPRET=1``, which is how the tests check it).
+
+    ``block_size``: steps between trailing updates of the workspace (None: 128 with the fused step,
+    whose trailing update is then the cost at large n — 13.6 against 21.3 µs a step at n = 11008 on
+    an H200, docs/BENCHMARKS.md §3b — else 64); the result differs between block sizes by rounding only.
     """
     G = G.to(torch.float64)
     n = G.shape[0]
@@ -250,6 +254,8 @@ def pivoted_cholesky(
     use_graph = _graphs_enabled(n, dev)
     if fused is None:
         fused = dev.type == "cuda" and triton_available()
+    if block_size is None:
+        block_size = 128 if fused else 64
     ws = _workspace(n, block_size, dev)
     ws.A.copy_(G.mT if fused else G)  # the fused step reads row p: exactly column p of G
     ws.d.copy_(torch.diagonal(G)).clamp_min_(0.0)

@@ -50,3 +50,19 @@ def test_block_order_is_respected():
     chol = pivoted_cholesky(A.T @ A, blocks=blocks)
     assert set(chol.perm[:2].tolist()) == {6, 7} and set(chol.perm[2:5].tolist()) == {0, 1, 2}
     assert chol.block_ends == [2, 5]
+
+
+@pytest.mark.parametrize("rank", [300, 90])
+def test_block_size_changes_rounding_only(rank):
+    """The fused step's default trailing-update block (128) against the torch step's (64): the same
+    pivots and L to rounding, full rank and rank-deficient."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(600, rank, generator=g, dtype=torch.float64) @ torch.randn(
+        rank, 300, generator=g, dtype=torch.float64
+    )
+    G = X.T @ X
+    a = pivoted_cholesky(G, block_size=64)
+    b = pivoted_cholesky(G, block_size=128)
+    assert torch.equal(a.perm, b.perm)
+    assert torch.allclose(a.L, b.L, rtol=0, atol=1e-9 * float(a.L.abs().max()))
+    assert torch.allclose(a.residual, b.residual, rtol=1e-9, atol=1e-9 * float(a.residual[0]))
