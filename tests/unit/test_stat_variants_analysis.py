@@ -17,7 +17,8 @@ DENSE_PPL = 20.0
 DENSE_LAYER = {"num_heads": 9, "num_kv_heads": 3, "head_dim": 64, "intermediate": 100}
 # label, options, predicted error, perplexity, prune seconds, kept KV groups / neurons of layer 1
 RUNS = [
-    ("stat", {}, 0.1, 30.0, 10.0, (2, 50)),  # increase 0.5
+    # spelled-out residual is on the same scale as the default (a record of the former default)
+    ("stat-share", {"error_norm": "residual", "allocation": "share"}, 0.1, 30.0, 10.0, (2, 50)),  # 0.5
     ("stat-reference", {"allocation": "reference"}, 0.2, 24.0, 20.0, (1, 80)),  # 0.2
     ("stat-greedy", {"allocation": "greedy"}, 0.3, 40.0, 30.0, (3, 40)),  # 1.0
     ("stat-rounds2", {"rounds": 2}, 0.05, 50.0, 60.0, (3, 10)),  # 1.5, last round's error only
@@ -81,10 +82,21 @@ def test_analysis_on_fake_records(tmp_path):
     assert {r["split"] for r in rec["rank_correlation"]} == {"test"}
 
     layers = {f["variant"]: f for f in rec["layer_fractions"]}
-    assert set(layers) == {"stat", "stat-reference"}  # the figure's default variants
-    assert layers["stat"]["attention"] == pytest.approx([1.0, 2 / 3])
+    assert set(layers) == {"stat-share", "stat-reference"}  # the figure's default variants
+    assert layers["stat-share"]["attention"] == pytest.approx([1.0, 2 / 3])
     assert layers["stat-reference"]["ffn"] == pytest.approx([1.0, 0.8])
 
     times = {t["variant"]: t for t in rec["prune_seconds"]}
     assert times["stat-greedy"]["mean"] == 30.0 and times["stat-greedy"]["n"] == 1
     assert [t["variant"] for t in rec["prune_seconds"]][-1] == "stat-rounds2"  # slowest last
+
+
+def test_error_norm_used_reads_what_auto_became(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"prune": {"diagnostics": {"auto_options": {"error_norm": "loss"}}}}))
+    assert sva.error_norm_used(path, {}) == "loss"  # a decoder's default since 2026-12-01
+    path.write_text(json.dumps({"method_options_resolved": {"error_norm": "median"}}))
+    assert sva.error_norm_used(path, {}) == "median"
+    path.write_text(json.dumps({}))
+    assert sva.error_norm_used(path, {}) == "residual"  # records older than both fields
+    assert sva.error_norm_used(path, {"error_norm": "depth_fit"}) == "depth_fit"
