@@ -201,6 +201,10 @@ class StatOptions:
                 raise StatpruneError(str(e)) from None
 
 
+# Below this many calibration tokens ``error_norm=auto`` on a decoder warns: the calibration-size study
+# (README) measured 108.8 ± 9.0 perplexity at 2,048 tokens against 50.5 for residual + share, a tie at 4,096.
+FEW_LOSS_TOKENS = 4096
+
 # The options that leave round 1's curves unchanged (they act after the measure pass, or only on
 # display/timing): the only ones left out of the curve-cache key (statprune/stat/curve_cache.py).
 # Deny by default: an option not listed here is in the key. List one only when measure_curves and
@@ -676,6 +680,13 @@ def stat_prune(
     streamed = _stream_weights(options.weights, model, home, device)
     auto = {k: getattr(options, k) == "auto" for k in ("error_norm", "allocation")}
     options = effective_options(options, causal=adapter.causal, streamed=streamed)
+    if auto["error_norm"] and options.error_norm == "loss" and calib.num_tokens < FEW_LOSS_TOKENS:
+        warnings.warn(
+            f"stat: {calib.num_tokens} calibration tokens; the decoder default's loss weights are "
+            f"noisy below {FEW_LOSS_TOKENS} (SmolLM2 at 2,048 tokens: twice the perplexity of "
+            "error_norm=residual; docs/STAT_VARIANTS.md): consider --opt error_norm=residual",
+            stacklevel=2,
+        )
     if streamed and options.error_norm == "loss":
         raise StatpruneError("error_norm=loss needs the whole model on the device (not weights=stream)")
     stream = LayerStreamer(adapter.layers(), device) if streamed else None

@@ -1,5 +1,7 @@
 """STAT ``error_norm=loss``: the captured output-gradient weights and the allocation they drive."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,3 +203,17 @@ def test_internal_steps_refuse_an_unresolved_auto():
     ad, curves, target = _curves_and_target("llama", "residual", None)
     with pytest.raises(StatpruneError, match="auto"):
         allocate(ad, curves, target, StatOptions(allocation="auto"))
+
+
+def test_the_decoder_default_warns_on_little_calibration_data():
+    calib = random_calibration(n=8, length=SEQ)  # 160 tokens
+    with pytest.warns(UserWarning, match="error_norm=residual"):
+        prune(tiny_model("llama", layers=2), calib, Target(0.3, SEQ), options={"progress": False})
+    with warnings.catch_warnings():  # set explicitly: the user chose it, no warning
+        warnings.simplefilter("error")
+        prune(
+            tiny_model("llama", layers=2),
+            calib,
+            Target(0.3, SEQ),
+            options={"progress": False, "error_norm": "loss"},
+        )
