@@ -14,6 +14,7 @@ import pytest
 import tomllib
 
 from statprune.data import get_task
+from statprune.sweep.config import thaw
 from statprune.sweep.launch import LaunchOptions, launch
 from statprune.sweep.spec import load_spec, parse_spec
 from statprune.sweep.store import RunStore
@@ -41,14 +42,18 @@ def _runs(name: str) -> list:
 @pytest.mark.parametrize("name", ["paper_glue_bert.toml", "paper_glue_distilbert.toml"])
 def test_glue_specs(name: str) -> None:
     runs = [r.config for r in _runs(name)]
-    # 6 tasks (+ MNLI mismatched) × 3 sparsities × 3 methods
-    assert len(runs) == 7 * 3 * 3
+    # 6 tasks (+ MNLI mismatched) × 3 sparsities × 4 methods (STAT's default and the paper's rule)
+    assert len(runs) == 7 * 3 * 4
     assert {c.task for c in runs} == GLUE_TASKS
     assert {c.sparsity for c in runs} == {0.4, 0.5, 0.6}  # 60 / 50 / 40 % of the FLOPs kept
-    assert Counter(c.method for c in runs) == {"stat": 21, "magnitude": 21, "kwon": 21}
+    assert Counter(c.method for c in runs) == {"stat": 42, "magnitude": 21, "kwon": 21}
+    assert Counter(thaw(c.method_options).get("allocation") for c in runs if c.method == "stat") == {
+        None: 21,
+        "reference": 21,
+    }
     assert {(c.method, c.calib_size) for c in runs} == {("stat", 512), ("magnitude", 512), ("kwon", 2048)}
     assert {c.eval_split for c in runs if "mnli" not in c.task} == {"dev"}
-    assert Counter(c.eval_split for c in runs if "mnli" in c.task) == {"dev": 9, "dev_mismatched": 9}
+    assert Counter(c.eval_split for c in runs if "mnli" in c.task) == {"dev": 12, "dev_mismatched": 12}
     family = "distilbert-base-uncased" if "distil" in name else "bert-base-uncased"
     for c in runs:
         assert c.max_length == 128 and c.seq_len is None and c.calib_split == "train"
@@ -62,7 +67,7 @@ def test_glue_specs(name: str) -> None:
 
 def test_squad_spec() -> None:
     runs = [r.config for r in _runs("paper_squad_bert.toml")]
-    assert len(runs) == 2 * 3 * 3
+    assert len(runs) == 2 * 3 * 4
     assert {(c.model, c.task) for c in runs} == {
         ("csarron/bert-base-uncased-squad-v1", "squad"),
         ("deepset/bert-base-uncased-squad2", "squad_v2"),
@@ -76,7 +81,7 @@ def test_llama_spec() -> None:
     assert {c.model for c in runs} == {"meta-llama/Llama-2-7b-hf"} and {c.task for c in runs} == {
         "wikitext-2"
     }
-    assert Counter(c.method for c in runs) == {"stat": 6, "slicegpt": 6, "kwon": 6, "magnitude": 3}
+    assert Counter(c.method for c in runs) == {"stat": 12, "slicegpt": 6, "kwon": 6, "magnitude": 3}
     assert {c.max_length for c in runs} == {2048} and {c.eval_split for c in runs} == {"test"}
     assert {c.sparsity for c in runs} == {0.1, 0.2, 0.3} and {c.dtype for c in runs} == {"float16"}
 
@@ -163,7 +168,7 @@ def test_squad_v2_paper_spec_runs_with_a_tiny_bert(fixtures_env: Path, tmp_path:
         eval_limit=12,  # two paragraphs: 8 answerable and 4 unanswerable questions
     )
     records = run_inline(spec, tmp_path)
-    assert sorted(r["config"]["method"] for r in records.values()) == ["kwon", "magnitude", "stat"]
+    assert sorted(r["config"]["method"] for r in records.values()) == ["kwon", "magnitude", "stat", "stat"]
     check_done(records)
     for r in records.values():
         m = r["metrics"]
@@ -181,17 +186,17 @@ def test_glue_and_llama_paper_specs_run_with_tiny_models(fixtures_env: Path, tmp
         "random:tiny-bert",
     )
     records = run_inline(glue, tmp_path)
-    assert len(records) == 9  # MNLI matched + mismatched, STS-B: 3 methods each
+    assert len(records) == 12  # MNLI matched + mismatched, STS-B: 4 methods each
     check_done(records)
     mm = [r for r in records.values() if r["config"]["eval_split"] == "dev_mismatched"]
-    assert len(mm) == 3 and all(r["metrics"]["num_examples"] == 24 for r in mm)
+    assert len(mm) == 4 and all(r["metrics"]["num_examples"] == 24 for r in mm)
     assert all("pearson" in r["metrics"] for r in records.values() if "stsb" in r["config"]["task"])
 
     llama = tiny_spec("paper_wikitext_llama2.toml", lambda g: True, "random:tiny-llama", max_length=64)
     records = run_inline(llama, tmp_path)
     # one calibration size here ([16]), so one run per method
     assert Counter(r["config"]["method"] for r in records.values()) == {
-        "stat": 1,
+        "stat": 2,  # the default and the paper's rule
         "slicegpt": 1,
         "kwon": 1,
         "magnitude": 1,
