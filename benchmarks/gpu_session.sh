@@ -15,8 +15,6 @@
 #                                 former default (residual + share) and at the new auto default (loss + greedy)
 #   benchmarks/gpu_session.sh 8   the same after the fused step's block size became 128 (7B former default
 #                                 and BERT-base; kept units compared with phase 7's records)
-#   benchmarks/gpu_session.sh 9   the same with the measure walk's factorizations overlapped (BERT-base,
-#                                 7B former default, 7B decoder default)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -113,12 +111,6 @@ if [[ $PHASE == 8 ]]; then
   step bert-fused-b128; run 40 $SP $BERT --name bert-base-stat-s0.5-fused-b128
   step 7b-share-fused-b128; run 150 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-fused-b128
   step 7b-auto-b128; run 180 $SP $LLAMA --name llama-2-7b-stat-s0.3-auto-b128
-fi
-if [[ $PHASE == 9 ]]; then
-  SHARE="--opt error_norm=residual --opt allocation=share"
-  step bert-overlap; run 40 $SP $BERT --name bert-base-stat-s0.5-overlap
-  step 7b-share-overlap; run 80 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-overlap
-  step 7b-auto-overlap; run 100 $SP $LLAMA --name llama-2-7b-stat-s0.3-auto-overlap
 fi
 if [[ $PHASE == 1* ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3
