@@ -11,9 +11,8 @@ from typing import Any
 class StageTimer:
     """Wall-clock seconds per named stage, summed over repeated entries.
 
-    With a CUDA ``device`` the current stream is synchronised at both ends of a stage, so queued
-    kernels are charged to the stage that launched them (work on other streams, such as STAT's
-    overlapped factorizations, statprune/stat/overlap.py, is not waited for).
+    With a CUDA ``device`` the device is synchronised at both ends of a stage, so queued kernels are
+    charged to the stage that launched them.
     """
 
     def __init__(self, device: Any = None) -> None:
@@ -34,4 +33,4 @@ class StageTimer:
         if self.device is not None and getattr(self.device, "type", None) == "cuda":
             import torch
 
-            torch.cuda.current_stream(self.device).synchronize()
+            torch.cuda.synchronize(self.device)

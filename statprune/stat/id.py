@@ -194,9 +194,7 @@ def _run_chunk(ws: _Workspace, t0: int, c: int, use_graph: bool, fused: bool = F
     current.wait_stream(ws.stream)
     try:
         g = torch.cuda.CUDAGraph()
-        # thread_local: a capture on STAT's factorization thread (stat/overlap.py) must not fail
-        # because the walk's thread allocates meanwhile (its own stream, outside the graph's pool)
-        with torch.cuda.graph(g, stream=ws.stream, capture_error_mode="thread_local"):
+        with torch.cuda.graph(g, stream=ws.stream):
             _steps(ws, t0, c, fused)
         ws.graphs[key] = g
     except Exception as e:  # pragma: no cover - depends on the CUDA runtime

@@ -80,12 +80,10 @@ option: a cache changes neither run ids nor fingerprints.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
@@ -114,8 +112,6 @@ from statprune.stat.holdout import Holdout, SplitGram
 from statprune.stat.id import clear_workspaces
 from statprune.stat.loss_weights import Weights, output_grad_weights
 from statprune.stat.neurons import neuron_curve, prune_neurons
-from statprune.stat.overlap import Overlap
-from statprune.stat.overlap import wanted as overlap_wanted
 from statprune.streaming import LayerStreamer, device_free_bytes, module_bytes, move_outside_layers
 from statprune.timing import StageTimer
 
@@ -394,82 +390,57 @@ def measure_curves(
     """Every block's error curve; ``weights`` (``error_norm=loss``): g per sub-block output."""
     if (opts.error_norm == "loss") != (weights is not None):
         raise StatpruneError("error_norm=loss and loss weights go together")
-    pending = []  # per layer: the curves, or a Future of them (overlap.py)
-    overlap = Overlap(walk.device) if overlap_wanted(walk.device, walk.stream is not None) else None
-    try:
-        for i in tqdm(range(adapter.num_layers), desc="stat: measure", disable=not progress):
-            scale = layer_scale(walk, opts.error_norm)
-            _fetch(walk, i, timer)
-            grams = _grams(adapter, i, walk.device, True, True, opts, seed, 0)
-            with timer("calibration_forward"):
-                outs = walk.run(i, _hooks(grams, timer))
-            G_att, G_ffn = grams["heads"][1].G, grams["neurons"][1].G
-            sg = (weights[(i, "heads")].sqrt(), weights[(i, "neurons")].sqrt()) if weights else (None, None)
-            job = functools.partial(_layer_curves, adapter, i, G_att, G_ffn, target, opts, scale, *sg)
-            if overlap is not None and i > 0:  # layer 0 inline: its chunks capture the CUDA graphs
-                pending.append(overlap.submit(job, (G_att, G_ffn)))
-            else:
-                with timer("factorization"):
-                    pending.append(job())
-            del grams, G_att, G_ffn
-            _release(walk, i, timer, modified=False)
-            walk.advance(outs)
-    finally:
-        if overlap is not None:
-            with timer("factorization"):  # the part of the factorizations the walk did not hide
-                overlap.close()
-            timer.totals["factorization_overlapped"] = (
-                timer.totals.get("factorization_overlapped", 0.0) + overlap.busy_seconds
-            )
     curves: list[BlockCurve] = []
-    for p in pending:
-        curves.extend(p.result() if isinstance(p, Future) else p)
+    for i in tqdm(range(adapter.num_layers), desc="stat: measure", disable=not progress):
+        scale = layer_scale(walk, opts.error_norm)
+        _fetch(walk, i, timer)
+        grams = _grams(adapter, i, walk.device, True, True, opts, seed, 0)
+        with timer("calibration_forward"):
+            outs = walk.run(i, _hooks(grams, timer))
+        shape = adapter.layer_shape(i)
+        costs = unit_costs(adapter, i, target.seq_len)
+        sg_h = sg_n = None  # √g over W_O's / W_down's rows (error_norm=loss)
+        if weights is not None:
+            sg_h, sg_n = weights[(i, "heads")].sqrt(), weights[(i, "neurons")].sqrt()
+        with timer("factorization"):
+            G_att = grams["heads"][1].G
+            W_O = adapter.out_proj(i).weight
+            units = head_units(G_att, shape, opts.gqa, rel_tol=opts.rel_tol)
+            if opts.head_selection == "exact" and len(units) <= EXACT_MAX_UNITS:
+                h_err = exact_units(G_att, W_O, units, shape.head_dim, out_weight=sg_h)[0]
+            else:
+                W_h = W_O if sg_h is None else W_O.double() * sg_h.to(W_O.device)[:, None]
+                h_err = head_curve(G_att, W_h, units, shape.head_dim, rel_tol=opts.rel_tol)
+            n_err, piv, id_res = neuron_curve(
+                grams["neurons"][1].G,
+                adapter.down_proj(i).weight,
+                rel_tol=opts.rel_tol,
+                out_weight=sg_n,
+                selection=opts.neuron_selection,
+            )
+        unit_size = len(units[0])
+        head_unit_flops = (
+            costs.group(shape.group_size)
+            if opts.gqa == "group" or shape.group_size == 1
+            else unit_size * costs.q_head
+        )
+        curves.append(StatCurve(i, "heads", h_err / scale, head_unit_flops, raw=h_err.sqrt()))
+        curves.append(
+            StatCurve(
+                i,
+                "neurons",
+                n_err / scale,
+                costs.neuron,
+                pivots=piv / scale**0.5,
+                raw=piv,
+                id_residual=id_res,
+            )
+        )
+        _release(walk, i, timer, modified=False)
+        walk.advance(outs)
     if opts.error_norm == "depth_fit":
         depth_fit_normalise(curves)
     return curves
-
-
-def _layer_curves(
-    adapter: Adapter,
-    i: int,
-    G_att: torch.Tensor,
-    G_ffn: torch.Tensor,
-    target: Target,
-    opts: StatOptions,
-    scale: float,
-    sg_h: torch.Tensor | None,
-    sg_n: torch.Tensor | None,
-) -> tuple[StatCurve, StatCurve]:
-    """Layer ``i``'s head and neuron curves from its Grams; ``sg_h``/``sg_n``: √g over W_O's / W_down's
-    rows (``error_norm=loss``)."""
-    shape = adapter.layer_shape(i)
-    costs = unit_costs(adapter, i, target.seq_len)
-    W_O = adapter.out_proj(i).weight
-    units = head_units(G_att, shape, opts.gqa, rel_tol=opts.rel_tol)
-    if opts.head_selection == "exact" and len(units) <= EXACT_MAX_UNITS:
-        h_err = exact_units(G_att, W_O, units, shape.head_dim, out_weight=sg_h)[0]
-    else:
-        W_h = W_O if sg_h is None else W_O.double() * sg_h.to(W_O.device)[:, None]
-        h_err = head_curve(G_att, W_h, units, shape.head_dim, rel_tol=opts.rel_tol)
-    n_err, piv, id_res = neuron_curve(
-        G_ffn,
-        adapter.down_proj(i).weight,
-        rel_tol=opts.rel_tol,
-        out_weight=sg_n,
-        selection=opts.neuron_selection,
-    )
-    unit_size = len(units[0])
-    head_unit_flops = (
-        costs.group(shape.group_size)
-        if opts.gqa == "group" or shape.group_size == 1
-        else unit_size * costs.q_head
-    )
-    return (
-        StatCurve(i, "heads", h_err / scale, head_unit_flops, raw=h_err.sqrt()),
-        StatCurve(
-            i, "neurons", n_err / scale, costs.neuron, pivots=piv / scale**0.5, raw=piv, id_residual=id_res
-        ),
-    )
 
 
 def allocate(
