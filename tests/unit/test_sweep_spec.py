@@ -204,6 +204,7 @@ def test_load_spec_reports_missing_files_and_bad_toml(tmp_path):
         ("smollm2_sotu_cpu.toml", 12),
         ("smollm2_stat_variants.toml", 48),
         ("smollm2_stat_loss.toml", 24),
+        ("smollm2_stat_gqa.toml", 12),
         ("smollm2_stat_holdout.toml", 18),
         ("smollm2_stat_obs.toml", 24),
         ("smollm2_moby.toml", 8),
