@@ -118,5 +118,8 @@ def _run(args: argparse.Namespace) -> int:
         f"(target {args.sparsity:.1%}) at seq_len {result.seq_len:g}; params {result.params_dense:,} → "
         f"{result.params_pruned:,}; {result.prune_seconds:.1f} s"
     )
+    auto = result.diagnostics.get("auto_options")
+    if auto:  # what an option left at `auto` became for this model (STAT: decoder vs encoder defaults)
+        print("auto options: " + ", ".join(f"{k}={v}" for k, v in auto.items()))
     print(f"wrote {args.out} and {args.out}/{REPORT_NAME}")
     return 0

@@ -60,9 +60,12 @@ def _prune(tmp_path, *extra: str, out: str = "ck") -> int:
     return main(args)
 
 
-def test_prune_writes_checkpoint_and_report_that_reload(tmp_path):
+def test_prune_writes_checkpoint_and_report_that_reload(tmp_path, capsys):
     assert _prune(tmp_path, "--opt", "progress=false") == 0
+    assert "auto options: error_norm=residual, allocation=share" in capsys.readouterr().out  # an encoder
     rep = json.loads((tmp_path / "ck" / "prune_report.json").read_text())
+    assert rep["diagnostics"]["auto_options"] == {"error_norm": "residual", "allocation": "share"}
+    assert rep["options"]["error_norm"] == "auto"  # the options as resolved without the model
     for key in (
         "method",
         "sparsity_target",
