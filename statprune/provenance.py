@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# what `statprune publish` writes beside a published study's records (who published what, from which code)
+PROVENANCE_FILE = "PROVENANCE.json"
+
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:

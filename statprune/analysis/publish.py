@@ -33,12 +33,11 @@ from typing import Any
 
 from statprune.analysis.records import resolve_study
 from statprune.errors import StatpruneError
-from statprune.provenance import git_commit, source_sha256, versions
+from statprune.provenance import PROVENANCE_FILE, git_commit, source_sha256, versions
 from statprune.sweep.fingerprint import RECORD_FORMAT, Expected
 from statprune.sweep.fingerprint import outdated_reason as code_outdated_reason
 
 PUBLISHED_ROOT = Path("results/published")
-PROVENANCE_FILE = "PROVENANCE.json"
 
 
 @dataclass

@@ -45,9 +45,10 @@ at 10/20/30%, by up to 22%; on MiniLM it ties the encoder default, which therefo
 follows an explicit setting of the other option: ``allocation=reference`` takes ``residual`` (the
 rule reads raw statistics), an explicit ``error_norm=loss`` takes ``greedy``, any other explicit
 norm ``share``; these are resolved when the options are parsed, so a record's resolved options
-say them (only ``error_norm=auto`` waits for the model). A decoder streamed from host memory (``weights=stream``) cannot take the loss's
-backward pass, so there ``auto`` means ``residual``/``share``, with a warning. The record's
-``diagnostics.auto_options`` says what ``auto`` became.
+say them (only ``error_norm=auto`` waits for the model). A decoder streamed from host memory
+(``weights=stream``) cannot take the loss's backward pass, so there ``auto`` means
+``residual``/``share``, with a warning. The record's ``diagnostics.auto_options`` says what
+``auto`` became.
 
 Issue 15 variants, all off by default (docs/STAT_VARIANTS.md): ``max_layer_departure`` /
 ``protect_layers`` bound each block's removal (:func:`statprune.allocation.bound_curves`);

@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from statprune.errors import StatpruneError
+from statprune.provenance import PROVENANCE_FILE
 from statprune.sweep.config import RunConfig, RunSpec, thaw
-from statprune.sweep.fingerprint import RECORD_FORMAT, Expected, outdated_reason, record_format
+from statprune.sweep.fingerprint import RECORD_FORMAT, Expected, record_format
 from statprune.sweep.store import RunStore, now_iso, read_json
-
-PROVENANCE_FILE = (
-    "PROVENANCE.json"  # = statprune.analysis.publish.PROVENANCE_FILE (that module imports pandas)
-)
 
 
 @dataclass(frozen=True)
@@ -142,7 +139,7 @@ def _config_key(config: Any) -> str | None:
 def _current(rec: Mapping[str, Any], stamp: Mapping[str, Any], marker: dict[str, str] | None) -> bool:
     """The current code would write ``rec``'s stamp for the new run, and the folder's publish marker
     (``compatible_since``) does not outdate it: the publish rule, against the new run's stamp."""
-    if rec.get("fingerprint") != stamp["fingerprint"] or outdated_reason(rec, stamp):
+    if rec.get("fingerprint") != stamp["fingerprint"]:  # eligible records have the current format
         return False
     if marker is None:
         return True
