@@ -15,6 +15,9 @@
 #                                 former default (residual + share) and at the new auto default (loss + greedy)
 #   benchmarks/gpu_session.sh 8   the same after the fused step's block size became 128 (7B former default
 #                                 and BERT-base; kept units compared with phase 7's records)
+#   benchmarks/gpu_session.sh 10  Grams from the upper blocks (issue 14 item 1): the GPU Gram test, host
+#                                 profiles of BERT-base prunes (benchmarks/profile_prune.py), 7B former
+#                                 default with and without the bench's per-Gram profiling syncs, BERT-base
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -39,7 +42,7 @@ BERT="--shape bert-base --sparsity 0.5 --calib 512 --seq-len 128 --batch-size 64
 LLAMA="--shape llama-2-7b --sparsity 0.3 --calib 128 --seq-len 2048 --batch-size 8 --dtype bfloat16"
 run() { local t=$1; shift; (( $(left) > 30 )) || return 0; timeout $(( $(left) < t ? $(left) : t )) "$@"; }
 
-if [[ $PHASE == 1* ]]; then
+if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step environment
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem,power.limit --format=csv
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
@@ -50,7 +53,7 @@ fi
 if [[ $PHASE == *2 ]]; then
   step 7b-full; run 360 $SP $LLAMA --speed --name llama-2-7b-stat-s0.3
 fi
-if [[ $PHASE == 1* ]]; then
+if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step gpu-vs-cpu; run 120 $SP --shape bert-base --layers 3 --sparsity 0.5 --calib 128 --seq-len 128 \
     --batch-size 64 --dtype float32 --compare-cpu --name bert-base-L3-gpu-vs-cpu
   step bert-base-multiple8; run 60 $SP $BERT --speed --opt neuron_multiple=8 --name bert-base-stat-s0.5-m8
@@ -112,7 +115,18 @@ if [[ $PHASE == 8 ]]; then
   step 7b-share-fused-b128; run 150 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-fused-b128
   step 7b-auto-b128; run 180 $SP $LLAMA --name llama-2-7b-stat-s0.3-auto-b128
 fi
-if [[ $PHASE == 1* ]]; then
+if [[ $PHASE == 10 ]]; then
+  SHARE="--opt error_norm=residual --opt allocation=share"
+  step environment
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv
+  step pytest-gram; run 60 $PY -m pytest -q -m gpu tests/unit/test_gram.py -p no:cacheprovider
+  step bert-profile; run 90 $PY benchmarks/profile_prune.py --shape bert-base --runs 3 --out "$REC/profile_bert.json"
+  step bert-noprofile; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-upper-noprof
+  step 7b-share-upper; run 150 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-upper
+  step 7b-share-upper-noprofile; run 150 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-upper-noprof
+  step 7b-auto-upper-noprofile; run 180 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-upper-noprof
+fi
+if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3
 fi
 pack

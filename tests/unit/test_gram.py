@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from statprune.adapters import get_adapter
-from statprune.calibration import Gram
+from statprune.calibration import Gram, upper_blocks
 from statprune.pruner import Target, prune
 from tests.unit.tiny import outputs, random_calibration, rel_err, tiny_model
 
@@ -94,3 +94,57 @@ def test_cpu_float32_gram_multiplies_upper_blocks_into_an_exactly_symmetric_matr
     assert torch.equal(g.G, g.G.T)
     assert float((g.G - full).norm() / full.norm()) < 1e-6
     assert float((g.G - full).abs().max()) <= 1e-6 * float(full.abs().max())
+
+
+def test_upper_blocks_align_edges_and_cover_the_upper_triangle_exactly():
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randint(-8, 9, (50, 700), generator=gen).double()  # integer sums: every order is exact
+    blocks = list(upper_blocks(r, 256, 64))
+    assert [(a0, a) for a0, a, _ in blocks] == [(0, 192), (192, 448), (448, 700)]
+    full = torch.zeros(700, 700, dtype=torch.float64)
+    for a0, a, g in blocks:
+        assert g.shape == (a - a0, 700 - a0)
+        full[a0:a, a0:] = g
+    assert torch.equal(full.triu(), (r.T @ r).triu())
+    assert [(a0, a) for a0, a, _ in upper_blocks(r, 256)] == [
+        (0, 233),
+        (233, 466),
+        (466, 700),
+    ]  # CPU: align 1
+
+
+def test_gram_mirrors_lazily_and_stays_exact_when_a_chunk_falls_back_to_float64():
+    d = 300
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-4, 5, (3, 200, d), generator=gen).float()
+    x[1, 7, 5] = 1e20  # this batch's chunk could overflow float32: it is redone in float64
+    mask = torch.ones(3, 200, dtype=torch.bool)
+    g = Gram(d, torch.device("cpu"), precision="auto", chunk_rows=64)
+    for b in range(3):
+        g(x[b], mask[b])
+        assert g._cuts is None or g._cuts == [0, 150, 300]
+    rows = x.reshape(-1, d).double()
+    ref = rows.T @ rows
+    assert torch.equal(g.G, g.G.T)
+    keep = torch.arange(d) != 5  # integer sums are exact in every order; column 5 holds 1e20·x
+    assert torch.equal(g.G[keep][:, keep], ref[keep][:, keep])
+    assert torch.allclose(g.G[5], ref[5], rtol=1e-15, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_half_gram_takes_upper_blocks_and_matches_float64():
+    d = 3000  # 2 blocks of GPU_GRAM_BLOCK, edges at multiples of 64
+    x = torch.randn(2, 9000, d, device="cuda").bfloat16()
+    mask = torch.rand(2, 9000, device="cuda") > 0.1
+    g = Gram(d, torch.device("cuda"))
+    for b in range(2):
+        g(x[b], mask[b])
+    assert g._cuts == [0, 1472, 3000]
+    rows = x[mask].double()
+    ref = rows.T @ rows
+    assert torch.equal(g.G, g.G.T)
+    c = int(mask.sum(1).max())  # each batch is one chunk: float32 sums over at most c products
+    assert ((g.G - ref).abs() <= (c + 1) * U * (rows.abs().T @ rows.abs())).all()
+    full = sum(torch.mm(x[b][mask[b]].T, x[b][mask[b]], out_dtype=torch.float32).double() for b in range(2))
+    assert float((g.G - full).norm() / full.norm()) < 1e-6  # the full product's sums, up to order

@@ -1,0 +1,105 @@
+"""Where a prune's host time goes: cProfile of repeated prunes of one random-weight shape in one process.
+
+Run 1 pays for what a fresh process pays (Triton kernels loaded or compiled, CUDA graphs captured);
+later runs show the steady state. Each run prunes a fresh copy of the same dense model, so the kept
+units must agree between runs (checked). Prints per run the wall time, the method's stage timings
+and the functions with the most own time (cProfile ``tottime``, which charges waiting for the GPU to
+the call that synchronises), and writes them as JSON (``--out``).
+
+    PYTHONPATH=$PWD python3 benchmarks/profile_prune.py --shape bert-base --sparsity 0.5 \\
+        --calib-size 512 --seq-len 128 --batch-size 64 --runs 2 --out profile_bert.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import io
+import json
+import pstats
+import time
+
+import torch
+
+from statprune.bench.run import BenchConfig, build_model, synthetic_calibration
+from statprune.commands.prune import parse_kv
+from statprune.pruner import Target, prune
+from statprune.runtime import resolve_device, resolve_dtype
+
+
+def _top(prof: cProfile.Profile, n: int) -> list[dict]:
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    rows = []
+    for (file, line, fn), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():
+        rows.append(
+            {
+                "function": f"{file.rsplit('/', 2)[-1]}:{line}({fn})",
+                "calls": calls,
+                "tottime": tottime,
+                "cumtime": cumtime,
+            }
+        )
+    return sorted(rows, key=lambda r: -r["tottime"])[:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="bert-base")
+    ap.add_argument("--method", default="stat")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--calib-size", type=int, default=512)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--opt", action="append", metavar="KEY=VALUE")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    cfg = BenchConfig(model=f"random:{args.shape}", layers=args.layers, device=args.device, dtype=args.dtype)
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    dense, _ = build_model(cfg, device, dtype)
+    calib = synthetic_calibration(
+        args.calib_size, args.seq_len, dense.config.vocab_size, batch_size=args.batch_size, seed=0
+    )
+    options = {"progress": False, **parse_kv(args.opt)}
+    record: dict = {"config": vars(args), "device": str(device), "runs": []}
+    kept0 = None
+    for r in range(args.runs):
+        model = copy.deepcopy(dense)
+        prof = cProfile.Profile()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        prof.enable()
+        res = prune(
+            model, calib, Target(args.sparsity, args.seq_len), method=args.method, seed=0, options=options
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        prof.disable()
+        wall = time.perf_counter() - t
+        kept = res.diagnostics.get("kept_units")
+        kept0 = kept if kept0 is None else kept0
+        run = {"run": r + 1, "wall_s": wall, "timings": res.timings, "same_kept_as_run_1": kept == kept0}
+        run["top"] = _top(prof, args.top)
+        record["runs"].append(run)
+        print(
+            f"\n=== run {r + 1}: {wall:.2f} s (profiled), same kept units as run 1: {run['same_kept_as_run_1']}"
+        )
+        print("timings:", {k: round(v, 3) for k, v in res.timings.items()})
+        print(f"{'tottime':>8} {'cumtime':>8} {'calls':>8}  function")
+        for row in run["top"]:
+            print(f"{row['tottime']:8.3f} {row['cumtime']:8.3f} {row['calls']:8d}  {row['function']}")
+        del model
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
