@@ -18,6 +18,10 @@
 #   benchmarks/gpu_session.sh 10  Grams from the upper blocks (issue 14 item 1): the GPU Gram test, host
 #                                 profiles of BERT-base prunes (benchmarks/profile_prune.py), 7B former
 #                                 default with and without the bench's per-Gram profiling syncs, BERT-base
+#   benchmarks/gpu_session.sh 11  one kernel per pivot step, chunks run to the next trailing update (one
+#                                 graph per chunk start), no host syncs per batch in the walk: GPU tests,
+#                                 BERT-base in fresh processes (cold and warm Triton cache) and profiled,
+#                                 the pivot-step microbenchmark, 7B former default and decoder default
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -125,6 +129,17 @@ if [[ $PHASE == 10 ]]; then
   step 7b-share-upper; run 150 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-upper
   step 7b-share-upper-noprofile; run 150 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-upper-noprof
   step 7b-auto-upper-noprofile; run 180 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-upper-noprof
+fi
+if [[ $PHASE == 11 ]]; then
+  SHARE="--opt error_norm=residual --opt allocation=share"
+  step pytest-gpu; run 90 $PY -m pytest -q -m gpu tests/unit/test_gram.py tests/unit/test_bench.py -p no:cacheprovider
+  step bert-cold; run 60 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-onekernel-cold
+  step bert-warm; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-onekernel
+  step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --out "$REC/profile_bert_onekernel.json"
+  step pivot-step; run 120 $PY benchmarks/pivot_step.py --sizes 768,3072,11008 --out "$REC/pivot_step_onekernel.json"
+  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-onekernel
+  step 7b-share-profiled; run 120 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-onekernel-profiled
+  step 7b-auto; run 150 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-onekernel
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

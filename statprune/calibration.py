@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from statprune.adapters import Adapter
 from statprune.errors import StatpruneError
@@ -100,6 +101,19 @@ def _to(x: object, device: torch.device) -> object:
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     keys = ("input_ids", "attention_mask", "token_type_ids")
     return {k: batch[k].to(device) for k in keys if k in batch}
+
+
+_ALL_REAL = WeakIdKeyDictionary()  # mask tensor → whether every token is real
+
+
+def real_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x[mask]``: the rows of ``x`` (..., d) at real tokens, in order. When every token is real
+    (no padding, e.g. packed LM windows) it is ``x`` flattened: a view, with no gather and no host
+    synchronisation; that answer is kept per mask tensor (the walk's masks are never modified)."""
+    full = _ALL_REAL.get(mask)
+    if full is None:
+        full = _ALL_REAL[mask] = bool(mask.all())
+    return x.reshape(-1, x.shape[-1]) if full else x[mask]
 
 
 class LayerWalk:
@@ -203,6 +217,9 @@ class LayerWalk:
 
             handles.append(mod.register_forward_pre_hook(pre))
         outs: list[torch.Tensor] = []
+        finite = torch.ones(
+            (), dtype=torch.bool, device=self.device
+        )  # checked once per layer: no sync per batch
         try:
             for b, h in enumerate(self.hidden):
                 current["mask"] = self.masks[b]
@@ -218,13 +235,14 @@ class LayerWalk:
                         raise StatpruneError(f"layer {i}'s forward never reached the module to stop after")
                     continue
                 out = _first(layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b]))
-                if not torch.isfinite(out[self.masks[b]]).all():
-                    raise StatpruneError(
-                        f"the model produces NaN/inf activations at layer {i} on calibration data; "
-                        "check the model dtype (try float32) and the checkpoint"
-                    )
+                finite &= torch.isfinite(real_rows(out, self.masks[b])).all()
                 if keep_outputs:
                     outs.append(self._store(out))
+            if not forward and stop_after is None and not bool(finite):
+                raise StatpruneError(
+                    f"the model produces NaN/inf activations at layer {i} on calibration data; "
+                    "check the model dtype (try float32) and the checkpoint"
+                )
         finally:
             for hd in handles:
                 hd.remove()
@@ -237,7 +255,9 @@ class LayerWalk:
 
     def energy(self) -> float:
         """Squared Frobenius norm of the current hidden states over real tokens."""
-        return float(sum(self._load(h)[m].double().pow(2).sum() for h, m in zip(self.hidden, self.masks)))
+        return float(
+            sum(real_rows(self._load(h), m).double().pow(2).sum() for h, m in zip(self.hidden, self.masks))
+        )
 
 
 class LayerReplay:
@@ -294,15 +314,17 @@ class LayerReplay:
         order of its new columns (None: all)."""
         down = self.walk.adapter.down_proj(self.i)
         outs = []
+        finite = torch.ones((), dtype=torch.bool, device=self.walk.device)
         for b, (m, h) in enumerate(zip(self.m, self.h)):
             if kept is not None:
                 h = h.index_select(-1, kept.to(h.device))
             out = m + down(h)
-            if not torch.isfinite(out[self.walk.masks[b]]).all():
-                raise StatpruneError(f"NaN/inf activations at layer {self.i} after pruning")
+            finite &= torch.isfinite(real_rows(out, self.walk.masks[b])).all()
             outs.append(self.walk._store(out))
             self.m[b] = self.h[b] = torch.empty(0)
         self.m, self.h = [], []
+        if not bool(finite):
+            raise StatpruneError(f"NaN/inf activations at layer {self.i} after pruning")
         return outs
 
 
@@ -387,7 +409,7 @@ class Gram:
         return self._G
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> None:
-        rows = x[mask]
+        rows = real_rows(x, mask)
         if self.transform is not None:
             rows = self.transform(rows)
         self.count += rows.shape[0]

@@ -23,11 +23,11 @@ results are identical. ``STATPRUNE_CUDA_GRAPHS=0`` turns graphs off.
 Even replayed, a step of ~20 torch kernels costs 50–70 µs on an H200 (one of them reads a column of
 the row-major n × n matrix, a strided read), which made the factorization 33 s of a 7B prune. So on
 CUDA, when triton imports, a step is the fused Triton step of ``pivot_kernel`` instead: one kernel
-computes the new column from a row of the workspace (which then holds Gᵀ: a coalesced read), the
-diagonal and mask updates and per-block (max, argmax, Σ) partials; a second reduces them into the
-next pivot, still on the device, so chunks are captured as graphs as before. Same arithmetic, other
-summation order: pivots identical except on near ties, L and residuals equal to rounding. On an H200
-this is 3.3× faster at n = 11008 (21 vs 70 µs per step, ``benchmarks/pivot_step.py``).
+reduces the previous step's per-block (max, argmax) partials to the pivot, computes the new column
+from a row of the workspace (which then holds Gᵀ: a coalesced read), updates the diagonal and masks
+and emits its own partials, still on the device, so chunks are captured as graphs as before. Same
+arithmetic, other summation order: pivots identical except on near ties, L and residuals equal to
+rounding (docs/BENCHMARKS.md §3b: 3.3× faster at n = 11008 as two kernels a step, 21 vs 70 µs).
 ``STATPRUNE_TRITON=0`` (or ``fused=False``) keeps the torch step; the CPU path never uses Triton.
 """
 
@@ -166,9 +166,7 @@ def _steps(ws: _Workspace, t0: int, c: int, fused: bool) -> None:
 
     if ws.scratch is None:
         ws.scratch = pivot_kernel.Scratch.new(ws.d.numel(), ws.d.device)
-    pivot_kernel.select(ws, ws.scratch)
-    for t in range(t0, t0 + c):
-        pivot_kernel.step(ws, ws.scratch, t)
+    pivot_kernel.chunk(ws, ws.scratch, t0, c)
 
 
 def _run_chunk(ws: _Workspace, t0: int, c: int, use_graph: bool, fused: bool = False) -> None:
@@ -182,16 +180,20 @@ def _run_chunk(ws: _Workspace, t0: int, c: int, use_graph: bool, fused: bool = F
     if not use_graph or _GRAPHS_BROKEN:
         _steps(ws, t0, c, fused)
         return
-    # First use of this chunk shape: run it eagerly on a side stream (the warm-up PyTorch asks for
-    # before a capture: cuBLAS handles and workspaces for that stream), then record it there;
-    # recording runs nothing, so the state is advanced exactly once.
+    # The workspace's first capture: run the chunk eagerly on a side stream first (the warm-up
+    # PyTorch asks for before a capture: cuBLAS handles and workspaces for that stream, and the
+    # Triton kernels compiled and loaded), then record it there; recording runs nothing, so the
+    # state is advanced exactly once. Later chunk shapes of the workspace use the same kernels and
+    # stream: they are recorded, then replayed once (half the host work of a warm-up run).
+    warm = bool(ws.graphs)
     current = torch.cuda.current_stream(ws.A.device)
     if ws.stream is None:
         ws.stream = torch.cuda.Stream(ws.A.device)
     ws.stream.wait_stream(current)
-    with torch.cuda.stream(ws.stream):
-        _steps(ws, t0, c, fused)
-    current.wait_stream(ws.stream)
+    if not warm:
+        with torch.cuda.stream(ws.stream):
+            _steps(ws, t0, c, fused)
+        current.wait_stream(ws.stream)
     try:
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, stream=ws.stream):
@@ -200,7 +202,13 @@ def _run_chunk(ws: _Workspace, t0: int, c: int, use_graph: bool, fused: bool = F
     except Exception as e:  # pragma: no cover - depends on the CUDA runtime
         _GRAPHS_BROKEN = True
         log.warning("pivoted Cholesky: CUDA graph capture failed (%s); running eagerly", e)
+        current.wait_stream(ws.stream)
+        if warm:
+            _steps(ws, t0, c, fused)
+        return
     current.wait_stream(ws.stream)
+    if warm:
+        g.replay()
 
 
 def _graphs_enabled(n: int, device: torch.device) -> bool:
@@ -231,6 +239,7 @@ def pivoted_cholesky(
     rel_tol: float = 1e-12,
     block_size: int | None = None,
     fused: bool | None = None,
+    overrun: bool | None = None,
 ) -> PivotedCholesky:
     """Greedy diagonal-pivoted Cholesky of a PSD matrix (computed in float64).
 
@@ -244,6 +253,15 @@ def pivoted_cholesky(
     ``block_size``: steps between trailing updates of the workspace (None: 128 with the fused step,
     whose trailing update is then the cost at large n — 13.6 against 21.3 µs a step at n = 11008 on
     an H200, docs/BENCHMARKS.md §3b — else 64); the result differs between block sizes by rounding only.
+
+    ``overrun`` (None: when chunks are replayed as CUDA graphs): a chunk that needs c steps runs all
+    ``block_size − t0`` steps up to the next trailing update and keeps the first c, so every chunk
+    starting at t0 replays one graph instead of one graph per length (the last chunk of a
+    ``max_steps`` factorization, the end of each head block: one capture per layer otherwise).
+    The extra steps cannot change the kept ones (each step reads only earlier steps); a step past
+    the end of a block fails (nothing is eligible) and leaves the state as it was, and one past
+    ``max_steps`` ends the factorization, whose workspace is reset before its next use. Results are
+    bitwise those without overrun (tested).
     """
     G = G.to(torch.float64)
     n = G.shape[0]
@@ -252,6 +270,7 @@ def pivoted_cholesky(
     if blocks is None:
         blocks = [torch.arange(n, device=dev)]
     use_graph = _graphs_enabled(n, dev)
+    overrun = use_graph if overrun is None else overrun
     if fused is None:
         fused = dev.type == "cuda" and triton_available()
     if block_size is None:
@@ -279,7 +298,7 @@ def pivoted_cholesky(
         while j < steps_cap and remaining > 0:
             t0 = j - j0
             c = min(block_size - t0, remaining, steps_cap - j)
-            _run_chunk(ws, t0, c, use_graph, fused)
+            _run_chunk(ws, t0, block_size - t0 if overrun else c, use_graph, fused)
             flags = ws.ok[t0 : t0 + c].cpu()  # the one host read per chunk
             n_ok = c if bool(flags.all()) else int((~flags).nonzero()[0])
             Lt[j : j + n_ok] = ws.Lc[t0 : t0 + n_ok]

@@ -1,23 +1,28 @@
-"""One greedy pivoted-Cholesky step (``id._step``) as two Triton kernels instead of ~20 torch ones.
+"""Greedy pivoted-Cholesky steps (``id._step``) as one Triton kernel per step instead of ~20 torch ones.
 
 On a GPU a step is pure launch latency (n = 11008: ~5 MB of traffic, 50–67 µs as 20 kernels even
-replayed from a CUDA graph). Here a step is:
+replayed from a CUDA graph). Here a chunk of c steps (``chunk``) is c + 2 kernels:
 
-1. ``_column_kernel`` over blocks of n: the new column L[:, t] from ROW p of the workspace matrix
-   (the workspace holds the transpose of G, so the row is the column, read coalesced), minus
-   Σ_{s<t} Lc[s, :] Lc[s, p] as one tile product, scaled by 1/√piv, masked (pivoted columns → 0,
-   whole column → 0 when the pivot fails the tolerance), written to Lc[t]; it updates d (clamped at
-   0), the inactive/blocked masks at p, and emits per-program partials: (max, first argmax) of d
-   masked by ``blocked`` — the next pivot's candidates — and Σ d.
-2. ``_reduce_kernel`` (one program): the next pivot index/value (ties to the first index, like
-   ``torch.argmax``) kept on the device, and ``res[t]`` = Σ d.
+1. ``_column_kernel`` with ``UPDATE=False`` (the chunk's first launch) emits per-program partials
+   over blocks of n: (max, first argmax) of d masked by ``blocked`` — the pivot candidates — and Σ d.
+2. ``_column_kernel`` with ``UPDATE=True``, once per step: every program reduces the previous
+   launch's partials to the pivot (ties to the first index, like ``torch.argmax``; each program
+   computes the same p), program 0 writes the previous step's ``res`` (= Σ d after it), then it
+   builds the new column L[:, t] from ROW p of the workspace matrix (the workspace holds the
+   transpose of G, so the row is the column, read coalesced), minus Σ_{s<t} Lc[s, :] Lc[s, p] as
+   one tile product, scaled by 1/√piv, masked (pivoted columns → 0, whole column → 0 when the pivot
+   fails the tolerance), written to Lc[t]; it updates d (clamped at 0), the inactive/blocked masks
+   at p, and emits this step's partials. Consecutive launches alternate between two partial
+   buffers (a launch reads one and writes the other; launches on a stream run in order).
+3. ``_reduce_kernel`` (one program) writes the last step's ``res``.
 
 The pivot index never leaves the device, so ``id._run_chunk`` still captures a chunk as one CUDA
 graph. The arithmetic is ``_step``'s; only summation order differs (the Σ_{s<t} dot product and
 Σ d are tree sums here), so L and the residuals agree to rounding (≤ 3e-14 of max |L| in the
 tests and on an H200, n ≤ 14336) and the pivots are the same except where two candidates'
 residual diagonals agree to within rounding (a near tie), where either order may pick either —
-exact ties (equal bits) break to the first index in both. Float64 throughout.
+exact ties (equal bits) break to the first index in both. Float64 throughout. (Until 2026-12-02
+the reduction was a second kernel after every step: the same pivots and L, one launch more per step.)
 """
 
 from __future__ import annotations
@@ -30,29 +35,46 @@ import triton.language as tl
 
 BLOCK_N = 64  # columns per program of the column kernel: n = 11008 → 172 programs
 ROWS = 64  # rows of Lc per tile of the Σ_{s<t} product
+MIN_PARTIALS = 256  # partial slots reduced per launch (≥ programs): one specialization up to n = 16384
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit
+def _pivot(val, idx, programs, P: tl.constexpr):
+    """(max, first index of the max) over the programs' partials."""
+    i = tl.arange(0, P)
+    m = i < programs
+    v = tl.load(val + i, mask=m, other=float("-inf"))
+    ix = tl.load(idx + i, mask=m, other=2**62)
+    best = tl.max(v, axis=0)
+    return best, tl.min(tl.where(m & (v == best), ix, 2**62), axis=0)
+
+
+@triton.jit(do_not_specialize=["t", "prev"])
 def _column_kernel(
     A,  # (n, n) float64, row p = column p of the Schur complement
     Lc,  # (block_size, n) float64, row s = column s of the current update block
     d,  # (n,) float64 residual diagonal
     inactive,  # (n,) uint8
     blocked,  # (n,) uint8
-    piv_idx,  # () int64, this step's pivot
-    piv_val,  # () float64, d[pivot]
     tol,  # () float64
     perm,  # (block_size,) int64
     ok_out,  # (block_size,) uint8
-    part_val,  # (programs,) float64
-    part_idx,  # (programs,) int64
-    part_sum,  # (programs,) float64
+    res,  # (block_size,) float64
+    in_val,  # (P,) float64, the previous launch's partials (UPDATE)
+    in_idx,  # (P,) int64
+    in_sum,  # (P,) float64
+    out_val,  # (P,) float64, this launch's partials
+    out_idx,  # (P,) int64
+    out_sum,  # (P,) float64
     n,
     t,
+    prev,  # the step whose res the previous launch's Σ d is (−1: it was not a step)
+    programs,
     UPDATE: tl.constexpr,
     TB: tl.constexpr,
     NT: tl.constexpr,
     BLOCK: tl.constexpr,
+    P: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -60,8 +82,10 @@ def _column_kernel(
     dv = tl.load(d + offs, mask=m, other=0.0)
     blk = tl.load(blocked + offs, mask=m, other=1) != 0
     if UPDATE:
-        p = tl.load(piv_idx)
-        pv = tl.load(piv_val)
+        pv, p = _pivot(in_val, in_idx, programs, P)
+        if (pid == 0) & (prev >= 0):
+            j = tl.arange(0, P)
+            tl.store(res + prev, tl.sum(tl.load(in_sum + j, mask=j < programs, other=0.0), axis=0))
         ok = pv > tl.load(tol)
         s = tl.sqrt(tl.where(ok, pv, 1.0))  # the column is zeroed below when not ok
         a = tl.load(A + p * n + offs, mask=m, other=0.0)
@@ -98,114 +122,74 @@ def _column_kernel(
     cand = tl.where(blk | (offs >= n), float("-inf"), dv)
     best = tl.max(cand, axis=0)
     arg = tl.min(tl.where(m & (cand == best), offs, n), axis=0)
-    tl.store(part_val + pid, best)
-    tl.store(part_idx + pid, arg.to(tl.int64))
-    tl.store(part_sum + pid, tl.sum(dv, axis=0))
+    tl.store(out_val + pid, best)
+    tl.store(out_idx + pid, arg.to(tl.int64))
+    tl.store(out_sum + pid, tl.sum(dv, axis=0))
 
 
 @triton.jit(do_not_specialize=["t"])
-def _reduce_kernel(
-    part_val,
-    part_idx,
-    part_sum,
-    piv_idx,
-    piv_val,
-    res,
-    programs,
-    t,
-    WRITE_RES: tl.constexpr,
-    P: tl.constexpr,
-):
+def _reduce_kernel(part_sum, res, programs, t, P: tl.constexpr):
     i = tl.arange(0, P)
-    m = i < programs
-    v = tl.load(part_val + i, mask=m, other=float("-inf"))
-    ix = tl.load(part_idx + i, mask=m, other=2**62)
-    best = tl.max(v, axis=0)
-    arg = tl.min(tl.where(m & (v == best), ix, 2**62), axis=0)
-    tl.store(piv_idx, arg)
-    tl.store(piv_val, best)
-    if WRITE_RES:
-        tl.store(res + t, tl.sum(tl.load(part_sum + i, mask=m, other=0.0), axis=0))
+    tl.store(res + t, tl.sum(tl.load(part_sum + i, mask=i < programs, other=0.0), axis=0))
 
 
 @dataclass
 class Scratch:
-    """Device buffers of the fused step for one workspace (fixed addresses, for graph replay)."""
+    """Device buffers of the fused steps for one workspace (fixed addresses, for graph replay):
+    two sets of per-program partials, written by alternate launches."""
 
-    piv_idx: torch.Tensor
-    piv_val: torch.Tensor
-    part_val: torch.Tensor
+    part_val: torch.Tensor  # (2, P)
     part_idx: torch.Tensor
     part_sum: torch.Tensor
+    programs: int
 
     @classmethod
     def new(cls, n: int, device: torch.device) -> Scratch:
         k = max(triton.cdiv(n, BLOCK_N), 1)
+        P = max(MIN_PARTIALS, triton.next_power_of_2(k))
         f64 = dict(dtype=torch.float64, device=device)
         return cls(
-            piv_idx=torch.zeros((), dtype=torch.int64, device=device),
-            piv_val=torch.zeros((), **f64),
-            part_val=torch.empty(k, **f64),
-            part_idx=torch.empty(k, dtype=torch.int64, device=device),
-            part_sum=torch.empty(k, **f64),
+            part_val=torch.zeros(2, P, **f64),
+            part_idx=torch.zeros(2, P, dtype=torch.int64, device=device),
+            part_sum=torch.zeros(2, P, **f64),
+            programs=k,
         )
 
 
-def _launch(ws, sc: Scratch, t: int, update: bool) -> None:
-    if ws.d.device.type == "cuda":
-        with torch.cuda.device(ws.d.device):  # triton launches on the current device, not the tensors'
-            _launch_here(ws, sc, t, update)
-    else:
-        _launch_here(ws, sc, t, update)
-
-
-def _launch_here(ws, sc: Scratch, t: int, update: bool) -> None:
-    n = ws.d.numel()
-    k = sc.part_val.numel()
-    tb = min(ROWS, triton.next_power_of_2(ws.Lc.shape[0]))
-    _column_kernel[(k,)](
-        ws.A,
-        ws.Lc,
-        ws.d,
-        ws.inactive.view(torch.uint8),
-        ws.blocked.view(torch.uint8),
-        sc.piv_idx,
-        sc.piv_val,
-        ws.tol,
-        ws.perm,
-        ws.ok.view(torch.uint8),
-        sc.part_val,
-        sc.part_idx,
-        sc.part_sum,
-        n,
-        t,
-        UPDATE=update,
-        TB=tb,
-        NT=triton.cdiv(ws.Lc.shape[0], tb),
-        BLOCK=BLOCK_N,
-    )
-    _reduce_kernel[(1,)](
-        sc.part_val,
-        sc.part_idx,
-        sc.part_sum,
-        sc.piv_idx,
-        sc.piv_val,
-        ws.res,
-        k,
-        t,
-        WRITE_RES=update,
-        P=triton.next_power_of_2(k),
-    )
-
-
-def select(ws, sc: Scratch) -> None:
-    """The first pivot of a chunk: argmax of d masked by ``blocked`` (state untouched)."""
-    _launch(ws, sc, 0, update=False)
-
-
-def step(ws, sc: Scratch, t: int) -> None:
-    """``id._step(ws, t)`` with the pivot taken from ``sc`` (left there by ``select`` or the last step).
+def chunk(ws, sc: Scratch, t0: int, c: int) -> None:
+    """``id._step(ws, t)`` for t = t0 … t0+c−1: c + 2 kernel launches, no host synchronisation.
 
     ``ws.A`` must hold the transpose of the matrix ``_step`` would read (row p = its column p).
     """
-    _launch(ws, sc, t, update=True)
+    if ws.d.device.type == "cuda":
+        with torch.cuda.device(ws.d.device):  # triton launches on the current device, not the tensors'
+            _chunk_here(ws, sc, t0, c)
+    else:
+        _chunk_here(ws, sc, t0, c)
+
+
+def _chunk_here(ws, sc: Scratch, t0: int, c: int) -> None:
+    n = ws.d.numel()
+    k, P = sc.programs, sc.part_val.shape[1]
+    tb = min(ROWS, triton.next_power_of_2(ws.Lc.shape[0]))
+    nt = triton.cdiv(ws.Lc.shape[0], tb)
+    flags = (ws.inactive.view(torch.uint8), ws.blocked.view(torch.uint8))
+    fixed = (ws.A, ws.Lc, ws.d, *flags, ws.tol, ws.perm, ws.ok.view(torch.uint8), ws.res)
+    buf = [(sc.part_val[b], sc.part_idx[b], sc.part_sum[b]) for b in (0, 1)]
+    for j in range(c + 1):  # launch 0 selects the first pivot, launch j ≥ 1 is step t0 + j − 1
+        t = t0 + j - 1
+        _column_kernel[(k,)](
+            *fixed,
+            *buf[(j + 1) % 2],
+            *buf[j % 2],
+            n,
+            max(t, 0),
+            t - 1 if j >= 2 else -1,
+            k,
+            UPDATE=j > 0,
+            TB=tb,
+            NT=nt,
+            BLOCK=BLOCK_N,
+            P=P,
+        )
+    _reduce_kernel[(1,)](buf[c % 2][2], ws.res, k, t0 + c - 1, P=P)

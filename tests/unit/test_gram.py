@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from statprune.adapters import get_adapter
-from statprune.calibration import Gram, upper_blocks
+from statprune.calibration import Gram, real_rows, upper_blocks
 from statprune.pruner import Target, prune
 from tests.unit.tiny import outputs, random_calibration, rel_err, tiny_model
 
@@ -148,3 +148,12 @@ def test_gpu_half_gram_takes_upper_blocks_and_matches_float64():
     assert ((g.G - ref).abs() <= (c + 1) * U * (rows.abs().T @ rows.abs())).all()
     full = sum(torch.mm(x[b][mask[b]].T, x[b][mask[b]], out_dtype=torch.float32).double() for b in range(2))
     assert float((g.G - full).norm() / full.norm()) < 1e-6  # the full product's sums, up to order
+
+
+def test_real_rows_is_a_view_without_padding_and_a_gather_with_it():
+    x = torch.randn(3, 5, 4)
+    full = torch.ones(3, 5, dtype=torch.bool)
+    padded = full.clone()
+    padded[1, 3:] = False
+    assert torch.equal(real_rows(x, full), x[full]) and real_rows(x, full).data_ptr() == x.data_ptr()
+    assert torch.equal(real_rows(x, padded), x[padded]) and real_rows(x, padded).shape == (13, 4)

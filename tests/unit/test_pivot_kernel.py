@@ -105,7 +105,18 @@ def _compare_all() -> dict:
             "residual": _rel(got.residual, ref.residual) if ref.rank == got.rank else 1.0,
         }
     report["chunk"] = _chunk_flags()
+    report["overrun_equal"] = {name: _overrun_equal(G, kw, fused=True) for name, (G, kw) in _cases().items()}
     return report
+
+
+def _overrun_equal(G: torch.Tensor, kw: dict, *, fused: bool) -> bool:
+    """Whether running every chunk to the next trailing update changes nothing (bitwise)."""
+    a = pivoted_cholesky(G, fused=fused, overrun=False, **kw)
+    b = pivoted_cholesky(G, fused=fused, overrun=True, **kw)
+    same = a.block_ends == b.block_ends
+    return same and all(
+        torch.equal(x, y) for x, y in ((a.L, b.L), (a.perm, b.perm), (a.residual, b.residual))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +156,17 @@ def test_fused_chunk_flags_and_failed_steps_match(report):
     assert r["ok"] == [True] * 10 + [False] * 6  # rank 10: the chunk runs past it
     assert r["ok_equal"] and r["perm_equal"] and r["masks_equal"]
     assert r["Lc"] <= TOL and r["d"] <= TOL and r["res"] <= TOL
+
+
+@needs_triton
+def test_fused_overrun_chunks_change_nothing(report):
+    assert report["overrun_equal"] == dict.fromkeys(_cases(), True)
+
+
+@pytest.mark.parametrize("name", ["full_rank", "rank_deficient", "blocks", "blocks_dead_group", "max_steps"])
+def test_torch_step_overrun_chunks_change_nothing(name):
+    G, kw = _cases()[name]
+    assert _overrun_equal(G, kw, fused=False)
 
 
 def test_switches(monkeypatch):
