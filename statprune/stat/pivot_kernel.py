@@ -27,13 +27,14 @@ the reduction was a second kernel after every step: the same pivots and L, one l
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_N = 64  # columns per program of the column kernel: n = 11008 → 172 programs
+BLOCK_N = 64  # columns per program of the column kernel, unless that needs more programs than SMs
 ROWS = 64  # rows of Lc per tile of the Σ_{s<t} product
 MIN_PARTIALS = 256  # partial slots reduced per launch (≥ programs): one specialization up to n = 16384
 
@@ -49,7 +50,22 @@ def _pivot(val, idx, programs, P: tl.constexpr):
     return best, tl.min(tl.where(m & (v == best), ix, 2**62), axis=0)
 
 
-@triton.jit(do_not_specialize=["t", "prev"])
+def column_block(n: int, sms: int) -> int:
+    """Columns per program: the smallest of 64, 128, 256 that needs at most ``sms`` programs, so a
+    step runs in one wave (n = 11008 on 132 SMs: 86 programs of 128 instead of 172 of 64)."""
+    for block in (BLOCK_N, 2 * BLOCK_N):
+        if triton.cdiv(n, block) <= sms:
+            return block
+    return 4 * BLOCK_N
+
+
+def _sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # the interpreter (tests): an H100/H200's count
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@triton.jit(do_not_specialize=["t", "prev", "programs"])
 def _column_kernel(
     A,  # (n, n) float64, row p = column p of the Schur complement
     Lc,  # (block_size, n) float64, row s = column s of the current update block
@@ -127,7 +143,7 @@ def _column_kernel(
     tl.store(out_sum + pid, tl.sum(dv, axis=0))
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["t", "programs"])
 def _reduce_kernel(part_sum, res, programs, t, P: tl.constexpr):
     i = tl.arange(0, P)
     tl.store(res + t, tl.sum(tl.load(part_sum + i, mask=i < programs, other=0.0), axis=0))
@@ -142,10 +158,12 @@ class Scratch:
     part_idx: torch.Tensor
     part_sum: torch.Tensor
     programs: int
+    block: int  # columns per program
 
     @classmethod
-    def new(cls, n: int, device: torch.device) -> Scratch:
-        k = max(triton.cdiv(n, BLOCK_N), 1)
+    def new(cls, n: int, device: torch.device, block: int | None = None) -> Scratch:
+        block = block or column_block(n, _sms(device))
+        k = max(triton.cdiv(n, block), 1)
         P = max(MIN_PARTIALS, triton.next_power_of_2(k))
         f64 = dict(dtype=torch.float64, device=device)
         return cls(
@@ -153,6 +171,7 @@ class Scratch:
             part_idx=torch.zeros(2, P, dtype=torch.int64, device=device),
             part_sum=torch.zeros(2, P, **f64),
             programs=k,
+            block=block,
         )
 
 
@@ -189,7 +208,23 @@ def _chunk_here(ws, sc: Scratch, t0: int, c: int) -> None:
             UPDATE=j > 0,
             TB=tb,
             NT=nt,
-            BLOCK=BLOCK_N,
+            BLOCK=sc.block,
             P=P,
         )
     _reduce_kernel[(1,)](buf[c % 2][2], ws.res, k, t0 + c - 1, P=P)
+
+
+def warm_up(device: torch.device, sizes: Iterable[int], block_size: int) -> None:
+    """Compile (or load from Triton's cache) and launch, once, every kernel variant a factorization
+    of these sizes will use, on 16- or 17-column dummies (Triton specialises n on divisibility by
+    16): a fresh process otherwise pays for Triton's start-up (hashing its 400 MB library, loading
+    the kernels, ~0.5 s) at its first factorization. ``id.warm_up_async`` runs this off the critical path."""
+    from statprune.stat.id import _Workspace
+
+    variants = {(n % 16 == 0, column_block(n, _sms(device))) for n in sizes}
+    for aligned, block in sorted(variants):
+        m = 16 if aligned else 17
+        ws = _Workspace.new(m, block_size, device)
+        ws.A.copy_(torch.eye(m, dtype=torch.float64, device=device))
+        ws.d.fill_(1.0)
+        chunk(ws, Scratch.new(m, device, block), 0, 2)

@@ -105,8 +105,31 @@ def _compare_all() -> dict:
             "residual": _rel(got.residual, ref.residual) if ref.rank == got.rank else 1.0,
         }
     report["chunk"] = _chunk_flags()
+    report["column_block_128"] = _wide_programs()
+    from statprune.stat import pivot_kernel
+
+    pivot_kernel.warm_up(torch.device("cpu"), [768, 12], block_size=16)  # both n specialisations
     report["overrun_equal"] = {name: _overrun_equal(G, kw, fused=True) for name, (G, kw) in _cases().items()}
     return report
+
+
+def _wide_programs() -> dict:
+    """The fused step with 128 columns per program (what ``column_block`` picks for n > 64 · SMs)."""
+    from statprune.stat import pivot_kernel
+
+    G, kw = _cases()["three_programs_odd_block"]
+    ref = pivoted_cholesky(G, fused=False, **kw)
+    default = pivot_kernel.column_block
+    pivot_kernel.column_block = lambda n, sms: 128
+    try:
+        got = pivoted_cholesky(G, fused=True, **kw)
+    finally:
+        pivot_kernel.column_block = default
+    return {
+        "perm_equal": torch.equal(ref.perm, got.perm),
+        "L": _rel(got.L, ref.L),
+        "res": _rel(got.residual, ref.residual),
+    }
 
 
 def _overrun_equal(G: torch.Tensor, kw: dict, *, fused: bool) -> bool:
@@ -156,6 +179,26 @@ def test_fused_chunk_flags_and_failed_steps_match(report):
     assert r["ok"] == [True] * 10 + [False] * 6  # rank 10: the chunk runs past it
     assert r["ok_equal"] and r["perm_equal"] and r["masks_equal"]
     assert r["Lc"] <= TOL and r["d"] <= TOL and r["res"] <= TOL
+
+
+@needs_triton
+def test_fused_step_with_wider_programs_matches_torch_step(report):
+    r = report["column_block_128"]
+    assert r["perm_equal"] and r["L"] <= TOL and r["res"] <= TOL
+
+
+@needs_triton
+def test_column_block_keeps_one_wave():
+    from statprune.stat.pivot_kernel import column_block
+
+    assert [column_block(n, 132) for n in (768, 3072, 8448, 11008, 14336, 40000)] == [
+        64,
+        64,
+        64,
+        128,
+        128,
+        256,
+    ]
 
 
 @needs_triton
