@@ -22,9 +22,11 @@
 #                                 graph per chunk start), no host syncs per batch in the walk: GPU tests,
 #                                 BERT-base in fresh processes (cold and warm Triton cache) and profiled,
 #                                 the pivot-step microbenchmark, 7B former default and decoder default
-#   benchmarks/gpu_session.sh 13  Triton warmed up on a background thread, one-wave column programs: BERT-base
-#                                 in fresh processes against the tree in $OLD (PYTHONPATH; A/B on one
-#                                 machine, alternating), the pivot-step microbenchmark against it, 7B
+#   benchmarks/gpu_session.sh 13  Triton warmed up on a background thread (no gain: reverted), one-wave column
+#                                 programs: BERT-base in fresh processes against the tree in $OLD (PYTHONPATH;
+#                                 A/B on one machine, alternating), the pivot-step microbenchmark against it, 7B
+#   benchmarks/gpu_session.sh 14  the final tree of issue 14 item 1: GPU tests, BERT-base in 3 fresh processes,
+#                                 7B former default (with and without per-Gram profiling), 7B decoder default
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -155,6 +157,16 @@ if [[ $PHASE == 13 ]]; then
   step pivot-step-new; run 90 $PY benchmarks/pivot_step.py --sizes 3072,11008 --no-max-steps --out "$REC/pivot_step_wave.json"
   step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-wave
   step 7b-auto; run 150 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-wave
+fi
+if [[ $PHASE == 14 ]]; then
+  SHARE="--opt error_norm=residual --opt allocation=share"
+  step pytest-gpu; run 90 $PY -m pytest -q -m gpu tests/unit/test_gram.py tests/unit/test_id.py tests/unit/test_bench.py -p no:cacheprovider | tail -3
+  for r in 1 2 3; do
+    step "bert-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-final-$r"
+  done
+  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-final
+  step 7b-share-profiled; run 120 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-final-profiled
+  step 7b-auto; run 150 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-final
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

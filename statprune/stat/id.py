@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +43,6 @@ import torch
 log = logging.getLogger(__name__)
 
 GRAPH_MIN_SIZE = 256  # below this a factorization is cheap enough eagerly
-FUSED_BLOCK_SIZE = 128  # steps between trailing updates with the fused step (pivoted_cholesky)
 
 
 @dataclass
@@ -233,38 +231,6 @@ def triton_available() -> bool:
     return True
 
 
-_WARMING: threading.Thread | None = None
-
-
-def warm_up_async(device: torch.device, sizes: Iterable[int]) -> None:
-    """Start :func:`statprune.stat.pivot_kernel.warm_up` on a background thread (when the fused step
-    will be used), so that Triton's start-up overlaps the calibration forward; the first
-    :func:`pivoted_cholesky` waits for it. A failure there only costs the overlap (logged)."""
-    global _WARMING
-    device = torch.device(device)
-    if device.type != "cuda" or not triton_available() or _WARMING is not None:
-        return
-
-    def run() -> None:
-        from statprune.stat import pivot_kernel
-
-        try:
-            with torch.cuda.device(device):
-                pivot_kernel.warm_up(device, sorted(set(sizes)), block_size=FUSED_BLOCK_SIZE)
-        except Exception as e:  # pragma: no cover - depends on the CUDA/Triton installation
-            log.warning("pivoted Cholesky: Triton warm-up failed (%s)", e)
-
-    _WARMING = threading.Thread(target=run, name="statprune-triton-warm-up", daemon=True)
-    _WARMING.start()
-
-
-def _join_warm_up() -> None:
-    global _WARMING
-    if _WARMING is not None:
-        _WARMING.join()
-        _WARMING = None
-
-
 def pivoted_cholesky(
     G: torch.Tensor,
     *,
@@ -297,7 +263,6 @@ def pivoted_cholesky(
     ``max_steps`` ends the factorization, whose workspace is reset before its next use. Results are
     bitwise those without overrun (tested).
     """
-    _join_warm_up()  # no kernel compiles or graph captures while it launches its dummies
     G = G.to(torch.float64)
     n = G.shape[0]
     dev = G.device
@@ -309,7 +274,7 @@ def pivoted_cholesky(
     if fused is None:
         fused = dev.type == "cuda" and triton_available()
     if block_size is None:
-        block_size = FUSED_BLOCK_SIZE if fused else 64
+        block_size = 128 if fused else 64
     ws = _workspace(n, block_size, dev)
     ws.A.copy_(G.mT if fused else G)  # the fused step reads row p: exactly column p of G
     ws.d.copy_(torch.diagonal(G)).clamp_min_(0.0)

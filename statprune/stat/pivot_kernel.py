@@ -27,7 +27,6 @@ the reduction was a second kernel after every step: the same pivots and L, one l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -51,12 +50,10 @@ def _pivot(val, idx, programs, P: tl.constexpr):
 
 
 def column_block(n: int, sms: int) -> int:
-    """Columns per program: the smallest of 64, 128, 256 that needs at most ``sms`` programs, so a
-    step runs in one wave (n = 11008 on 132 SMs: 86 programs of 128 instead of 172 of 64)."""
-    for block in (BLOCK_N, 2 * BLOCK_N):
-        if triton.cdiv(n, block) <= sms:
-            return block
-    return 4 * BLOCK_N
+    """Columns per program: 64, or 128 when 64 would need more programs than ``sms``, so a step
+    runs in one wave up to n = 128·SMs (n = 11008 on 132 SMs: 86 programs of 128, not 172 of 64;
+    4% less time a step on an H200, docs/BENCHMARKS.md §3d). Wider tiles would spill registers."""
+    return BLOCK_N if triton.cdiv(n, BLOCK_N) <= sms else 2 * BLOCK_N
 
 
 def _sms(device: torch.device) -> int:
@@ -161,8 +158,8 @@ class Scratch:
     block: int  # columns per program
 
     @classmethod
-    def new(cls, n: int, device: torch.device, block: int | None = None) -> Scratch:
-        block = block or column_block(n, _sms(device))
+    def new(cls, n: int, device: torch.device) -> Scratch:
+        block = column_block(n, _sms(device))
         k = max(triton.cdiv(n, block), 1)
         P = max(MIN_PARTIALS, triton.next_power_of_2(k))
         f64 = dict(dtype=torch.float64, device=device)
@@ -212,19 +209,3 @@ def _chunk_here(ws, sc: Scratch, t0: int, c: int) -> None:
             P=P,
         )
     _reduce_kernel[(1,)](buf[c % 2][2], ws.res, k, t0 + c - 1, P=P)
-
-
-def warm_up(device: torch.device, sizes: Iterable[int], block_size: int) -> None:
-    """Compile (or load from Triton's cache) and launch, once, every kernel variant a factorization
-    of these sizes will use, on 16- or 17-column dummies (Triton specialises n on divisibility by
-    16): a fresh process otherwise pays for Triton's start-up (hashing its 400 MB library, loading
-    the kernels, ~0.5 s) at its first factorization. ``id.warm_up_async`` runs this off the critical path."""
-    from statprune.stat.id import _Workspace
-
-    variants = {(n % 16 == 0, column_block(n, _sms(device))) for n in sizes}
-    for aligned, block in sorted(variants):
-        m = 16 if aligned else 17
-        ws = _Workspace.new(m, block_size, device)
-        ws.A.copy_(torch.eye(m, dtype=torch.float64, device=device))
-        ws.d.fill_(1.0)
-        chunk(ws, Scratch.new(m, device, block), 0, 2)

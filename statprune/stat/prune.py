@@ -110,7 +110,7 @@ from statprune.stat.allocate import StatCurve, exp_depth_fit, reference_allocati
 from statprune.stat.dense import PairedGrams, dense_walk
 from statprune.stat.heads import EXACT_MAX_UNITS, exact_units, head_curve, head_units, prune_heads
 from statprune.stat.holdout import Holdout, SplitGram
-from statprune.stat.id import clear_workspaces, warm_up_async
+from statprune.stat.id import clear_workspaces
 from statprune.stat.loss_weights import Weights, output_grad_weights
 from statprune.stat.neurons import neuron_curve, prune_neurons
 from statprune.streaming import LayerStreamer, device_free_bytes, module_bytes, move_outside_layers
@@ -642,16 +642,6 @@ def _release(walk: LayerWalk, i: int, timer: _Timer, *, modified: bool) -> None:
             walk.stream.release(i, modified=modified)
 
 
-def _factored_sizes(adapter: Adapter) -> set[int]:
-    """The orders of the matrices STAT factors: head-output and FFN Grams, head and group traces."""
-    sizes = set()
-    for i in range(adapter.num_layers):
-        shape = adapter.layer_shape(i)
-        sizes |= {adapter.out_proj(i).in_features, adapter.down_proj(i).in_features}
-        sizes |= {shape.num_heads, shape.num_heads // shape.group_size}
-    return sizes
-
-
 def _stream_weights(mode: str, model: torch.nn.Module, home: torch.device, device: torch.device) -> bool:
     """Stream layers when asked, or (``auto``) when a host model would not leave room on the device."""
     if mode != "auto":
@@ -706,7 +696,6 @@ def stat_prune(
     elif device != home:
         model.to(device)
     timer = _Timer(device, options.profile)
-    warm_up_async(device, _factored_sizes(adapter))
     store = _store_dtype(options.store_dtype)
     offload = _offload(options.hidden_device, adapter, calib, device, store)
 

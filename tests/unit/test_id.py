@@ -66,3 +66,24 @@ def test_block_size_changes_rounding_only(rank):
     assert torch.equal(a.perm, b.perm)
     assert torch.allclose(a.L, b.L, rtol=0, atol=1e-9 * float(a.L.abs().max()))
     assert torch.allclose(a.residual, b.residual, rtol=1e-9, atol=1e-9 * float(a.residual[0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fused", [False, True])
+def test_cuda_graph_chunks_with_overrun_equal_eager_chunks(fused, monkeypatch):
+    """On CUDA every chunk replays a graph that runs to the next trailing update; the factorization
+    is bitwise the one of eager chunks of exactly the steps needed (heads' blocks and max_steps)."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(700, 600, generator=g, dtype=torch.float64)
+    G = (X.T @ X).cuda()
+    blocks = [torch.arange(600).cuda()[s : s + 48] for s in range(0, 600, 48)]
+    for kw in ({"blocks": blocks}, {"max_steps": 421}):
+        monkeypatch.setenv("STATPRUNE_CUDA_GRAPHS", "0")
+        ref = pivoted_cholesky(G, fused=fused, **kw)  # eager, each chunk exactly as long as needed
+        monkeypatch.delenv("STATPRUNE_CUDA_GRAPHS")
+        for _ in range(2):  # the second call replays the graphs the first captured
+            got = pivoted_cholesky(G, fused=fused, **kw)
+            assert got.block_ends == ref.block_ends
+            assert torch.equal(got.perm, ref.perm) and torch.equal(got.L, ref.L)
+            assert torch.equal(got.residual, ref.residual)
