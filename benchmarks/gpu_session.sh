@@ -27,6 +27,8 @@
 #                                 A/B on one machine, alternating), the pivot-step microbenchmark against it, 7B
 #   benchmarks/gpu_session.sh 14  the final tree of issue 14 item 1: GPU tests, BERT-base in 3 fresh processes,
 #                                 7B former default (with and without per-Gram profiling), 7B decoder default
+#   benchmarks/gpu_session.sh 15  repeated prunes in one process without cProfile (start-up paid once):
+#                                 BERT-base × 4, 7B former default × 2
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -167,6 +169,12 @@ if [[ $PHASE == 14 ]]; then
   step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-final
   step 7b-share-profiled; run 120 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-final-profiled
   step 7b-auto; run 150 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-final
+fi
+if [[ $PHASE == 15 ]]; then
+  step bert-in-process; run 90 $PY benchmarks/profile_prune.py --shape bert-base --runs 4 --top 0 --out "$REC/inprocess_bert.json"
+  step 7b-in-process; run 200 $PY benchmarks/profile_prune.py --shape llama-2-7b --sparsity 0.3 --calib-size 128 \
+    --seq-len 2048 --batch-size 8 --runs 2 --top 0 --opt error_norm=residual --opt allocation=share \
+    --out "$REC/inprocess_7b_share.json"
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

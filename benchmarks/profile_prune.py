@@ -4,7 +4,8 @@ Run 1 pays for what a fresh process pays (Triton kernels loaded or compiled, CUD
 later runs show the steady state. Each run prunes a fresh copy of the same dense model, so the kept
 units must agree between runs (checked). Prints per run the wall time, the method's stage timings
 and the functions with the most own time (cProfile ``tottime``, which charges waiting for the GPU to
-the call that synchronises), and writes them as JSON (``--out``).
+the call that synchronises), and writes them as JSON (``--out``). ``--top 0``: no cProfile, so the
+times are clean (e.g. a second prune in one process, without start-up costs).
 
     PYTHONPATH=$PWD python3 benchmarks/profile_prune.py --shape bert-base --sparsity 0.5 \\
         --calib-size 512 --seq-len 128 --batch-size 64 --runs 2 --out profile_bert.json
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--opt", action="append", metavar="KEY=VALUE")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--top", type=int, default=25, help="functions listed per run (0: no cProfile)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -71,30 +72,33 @@ def main() -> None:
     kept0 = None
     for r in range(args.runs):
         model = copy.deepcopy(dense)
-        prof = cProfile.Profile()
+        prof = cProfile.Profile() if args.top > 0 else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        prof.enable()
-        res = prune(
-            model, calib, Target(args.sparsity, args.seq_len), method=args.method, seed=0, options=options
-        )
+        if prof is not None:
+            prof.enable()
+        target = Target(args.sparsity, args.seq_len)
+        res = prune(model, calib, target, method=args.method, seed=0, options=options)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        prof.disable()
+        if prof is not None:
+            prof.disable()
         wall = time.perf_counter() - t
         kept = res.diagnostics.get("kept_units")
         kept0 = kept if kept0 is None else kept0
         run = {"run": r + 1, "wall_s": wall, "timings": res.timings, "same_kept_as_run_1": kept == kept0}
-        run["top"] = _top(prof, args.top)
+        run["top"] = _top(prof, args.top) if prof is not None else []
         record["runs"].append(run)
+        how = "profiled" if prof is not None else "not profiled"
         print(
-            f"\n=== run {r + 1}: {wall:.2f} s (profiled), same kept units as run 1: {run['same_kept_as_run_1']}"
+            f"\n=== run {r + 1}: {wall:.2f} s ({how}), same kept units as run 1: {run['same_kept_as_run_1']}"
         )
         print("timings:", {k: round(v, 3) for k, v in res.timings.items()})
-        print(f"{'tottime':>8} {'cumtime':>8} {'calls':>8}  function")
-        for row in run["top"]:
-            print(f"{row['tottime']:8.3f} {row['cumtime']:8.3f} {row['calls']:8d}  {row['function']}")
+        if prof is not None:
+            print(f"{'tottime':>8} {'cumtime':>8} {'calls':>8}  function")
+            for row in run["top"]:
+                print(f"{row['tottime']:8.3f} {row['cumtime']:8.3f} {row['calls']:8d}  {row['function']}")
         del model
     if args.out:
         with open(args.out, "w") as f:
