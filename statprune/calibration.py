@@ -217,9 +217,8 @@ class LayerWalk:
 
             handles.append(mod.register_forward_pre_hook(pre))
         outs: list[torch.Tensor] = []
-        finite = torch.ones(
-            (), dtype=torch.bool, device=self.device
-        )  # checked once per layer: no sync per batch
+        # finiteness is checked once per layer, not per batch: no host sync inside the loop
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         try:
             for b, h in enumerate(self.hidden):
                 current["mask"] = self.masks[b]

@@ -21,7 +21,7 @@ graph. The arithmetic is ``_step``'s; only summation order differs (the Σ_{s<t}
 Σ d are tree sums here), so L and the residuals agree to rounding (≤ 3e-14 of max |L| in the
 tests and on an H200, n ≤ 14336) and the pivots are the same except where two candidates'
 residual diagonals agree to within rounding (a near tie), where either order may pick either —
-exact ties (equal bits) break to the first index in both. Float64 throughout. (Until 2026-12-02
+exact ties (equal bits) break to the first index in both. Float64 throughout. (Until 2026-12-01
 the reduction was a second kernel after every step: the same pivots and L, one launch more per step.)
 """
 
@@ -35,7 +35,7 @@ import triton.language as tl
 
 BLOCK_N = 64  # columns per program of the column kernel, unless that needs more programs than SMs
 ROWS = 64  # rows of Lc per tile of the Σ_{s<t} product
-MIN_PARTIALS = 256  # partial slots reduced per launch (≥ programs): one specialization up to n = 16384
+MIN_PARTIALS = 256  # partial slots reduced per launch (≥ programs): one specialization while programs ≤ 256
 
 
 @triton.jit
