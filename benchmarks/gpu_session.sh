@@ -29,6 +29,8 @@
 #                                 7B former default (with and without per-Gram profiling), 7B decoder default
 #   benchmarks/gpu_session.sh 15  repeated prunes in one process without cProfile (start-up paid once):
 #                                 BERT-base × 4, 7B former default × 2
+#   benchmarks/gpu_session.sh 16  Triton's library hash primed on a background thread (no gain: not kept):
+#                                 BERT-base in fresh processes, alternating with the tree in $OLD (4 pairs)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -175,6 +177,13 @@ if [[ $PHASE == 15 ]]; then
   step 7b-in-process; run 200 $PY benchmarks/profile_prune.py --shape llama-2-7b --sparsity 0.3 --calib-size 128 \
     --seq-len 2048 --batch-size 8 --runs 2 --top 0 --opt error_norm=residual --opt allocation=share \
     --out "$REC/inprocess_7b_share.json"
+fi
+if [[ $PHASE == 16 ]]; then
+  step bert-compile; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-prime-0  # Triton compiles
+  for r in 1 2 3 4; do
+    step "bert-old-$r"; PYTHONPATH=$OLD:$PYTHONPATH run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-noprime-$r"
+    step "bert-new-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-prime-$r"
+  done
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3
