@@ -53,6 +53,7 @@ left() { echo $((DEADLINE - SECONDS)); }
 
 BERT="--shape bert-base --sparsity 0.5 --calib 512 --seq-len 128 --batch-size 64 --dtype bfloat16"
 LLAMA="--shape llama-2-7b --sparsity 0.3 --calib 128 --seq-len 2048 --batch-size 8 --dtype bfloat16"
+SHARE="--opt error_norm=residual --opt allocation=share"  # the STAT default before 2026-12-01
 run() { local t=$1; shift; (( $(left) > 30 )) || return 0; timeout $(( $(left) < t ? $(left) : t )) "$@"; }
 
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
@@ -111,7 +112,6 @@ if [[ $PHASE == 6 ]]; then
   step bert-base-frozen; run 100 $SP $BERT --speed --compile --freeze --name bert-base-stat-s0.5-compiled-frozen
 fi
 if [[ $PHASE == 7 ]]; then
-  SHARE="--opt error_norm=residual --opt allocation=share"
   step environment
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv
   $PY -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
@@ -123,13 +123,11 @@ if [[ $PHASE == 7 ]]; then
   step 7b-auto; run 180 $SP $LLAMA --name llama-2-7b-stat-s0.3-auto
 fi
 if [[ $PHASE == 8 ]]; then
-  SHARE="--opt error_norm=residual --opt allocation=share"
   step bert-fused-b128; run 40 $SP $BERT --name bert-base-stat-s0.5-fused-b128
   step 7b-share-fused-b128; run 150 $SP $LLAMA $SHARE --name llama-2-7b-stat-s0.3-share-fused-b128
   step 7b-auto-b128; run 180 $SP $LLAMA --name llama-2-7b-stat-s0.3-auto-b128
 fi
 if [[ $PHASE == 10 ]]; then
-  SHARE="--opt error_norm=residual --opt allocation=share"
   step environment
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv
   step pytest-gram; run 60 $PY -m pytest -q -m gpu tests/unit/test_gram.py -p no:cacheprovider
@@ -140,7 +138,6 @@ if [[ $PHASE == 10 ]]; then
   step 7b-auto-upper-noprofile; run 180 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-upper-noprof
 fi
 if [[ $PHASE == 11 ]]; then
-  SHARE="--opt error_norm=residual --opt allocation=share"
   step pytest-gpu; run 90 $PY -m pytest -q -m gpu tests/unit/test_gram.py tests/unit/test_bench.py -p no:cacheprovider
   step bert-cold; run 60 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-onekernel-cold
   step bert-warm; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-onekernel
@@ -151,7 +148,6 @@ if [[ $PHASE == 11 ]]; then
   step 7b-auto; run 150 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-onekernel
 fi
 if [[ $PHASE == 13 ]]; then
-  SHARE="--opt error_norm=residual --opt allocation=share"
   step pytest-gpu; run 90 $PY -m pytest -q -m gpu tests/unit/test_gram.py tests/unit/test_bench.py -p no:cacheprovider | tail -3
   for r in 1 2 3; do
     step "bert-old-$r"; PYTHONPATH=$OLD:$PYTHONPATH run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-old-$r"
@@ -163,7 +159,6 @@ if [[ $PHASE == 13 ]]; then
   step 7b-auto; run 150 $SP $LLAMA --opt profile=false --name llama-2-7b-stat-s0.3-auto-wave
 fi
 if [[ $PHASE == 14 ]]; then
-  SHARE="--opt error_norm=residual --opt allocation=share"
   step pytest-gpu; run 90 $PY -m pytest -q -m gpu tests/unit/test_gram.py tests/unit/test_id.py tests/unit/test_bench.py -p no:cacheprovider | tail -3
   for r in 1 2 3; do
     step "bert-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-final-$r"

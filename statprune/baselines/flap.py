@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 
 from statprune.adapters import Adapter
 from statprune.allocation import BlockCurve, round_neurons, threshold_fill
-from statprune.calibration import Calibration, LayerWalk
+from statprune.calibration import Calibration, LayerWalk, real_rows
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, register_method
@@ -100,7 +100,7 @@ class ChannelStats:
         self.s2: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, chunk_rows: int = 8192) -> None:
-        rows = x[mask]
+        rows = real_rows(x, mask)
         if self.shift is None:
             self.shift = (
                 rows.double().mean(0) if len(rows) else rows.new_zeros(rows.shape[1], dtype=torch.float64)

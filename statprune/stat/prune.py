@@ -101,7 +101,7 @@ from statprune.allocation import (
     parse_protect,
     round_neurons,
 )
-from statprune.calibration import Calibration, Gram, LayerReplay, LayerWalk, replay_fits
+from statprune.calibration import Calibration, Gram, LayerReplay, LayerWalk, real_rows, replay_fits
 from statprune.errors import StatpruneError
 from statprune.flops import layer_flops, unit_costs
 from statprune.pruner import MethodOutput, Target, neutral, register_method
@@ -350,7 +350,7 @@ def layer_scale(walk: LayerWalk, norm: str) -> float:
         return walk.energy()
     per_token, per_dim = [], 0.0
     for h, m in zip(walk.hidden, walk.masks):  # one batch at a time: no second copy of the walk
-        sq = h.to(walk.device)[m].double().pow(2)
+        sq = real_rows(h.to(walk.device), m).double().pow(2)
         per_token.append(sq.sum(1))
         per_dim = per_dim + sq.sum(0)
     if norm == "median":
