@@ -75,6 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --compile: Inductor freezing (same-input GEMMs such as q/k/v and gate/up fused into one)",
     )
     p.add_argument("--compare-cpu", action="store_true", help="also prune on the CPU and compare the results")
+    p.add_argument(
+        "--same-as",
+        metavar="RECORD",
+        default=None,
+        help="a bench record of the same run (other code or machine): compare kept units and output error",
+    )
     p.add_argument("--ceilings", action="store_true", help="measure copy bandwidth and matmul rates first")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON record ('' = none)")
     p.add_argument("--name", default=None, help="record name (None: from the configuration)")
@@ -113,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         compile=args.compile,
         freeze=args.freeze,
         compare_cpu=args.compare_cpu,
+        same_as=args.same_as,
         ceilings=args.ceilings,
         out_dir=args.out or None,
         name=args.name,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import platform
 import time
 from collections.abc import Mapping
@@ -53,6 +54,7 @@ class BenchConfig:
     compile: bool = False  # also time the torch.compile'd forward and decode step
     freeze: bool = False  # with compile: Inductor freezing (weights as constants, same-input GEMMs fused)
     compare_cpu: bool = False
+    same_as: str | None = None  # a record of the same run: are the kept units the same?
     ceilings: bool = False
     out_dir: str | None = "benchmarks/results"
     name: str | None = None
@@ -84,6 +86,8 @@ class BenchConfig:
             raise StatpruneError(
                 "--num-labels takes a count ≥ 0 and is for random calibration (no --calib-task)"
             )
+        if self.same_as is not None:
+            reference_result(self)
 
     def record_name(self) -> str:
         if self.name:
@@ -92,6 +96,55 @@ class BenchConfig:
         if self.layers is not None:
             base += f"-L{self.layers}"
         return f"{base}-{self.method}-s{self.sparsity:g}-{self.calib_size}x{self.seq_len}-{self.dtype}"
+
+
+# what decides the kept units: a reference record must agree on all of them (``profile`` only times)
+SAME_RUN_KEYS = (
+    "model", "method", "sparsity", "calib_size", "seq_len", "batch_size", "dtype", "seed", "layers",
+    "flops_seq_len", "calib_task", "num_labels",
+)  # fmt: skip
+
+
+def reference_result(cfg: BenchConfig) -> dict[str, Any]:
+    """The ``result`` of the record ``cfg.same_as``, after checking that it is the same run: kept units
+    are comparable only for the same model, data, target and options (code and machine may differ)."""
+    path = Path(cfg.same_as or "")
+    try:
+        ref = json.loads(path.read_text())
+        ref_cfg, result = ref["config"], ref["result"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StatpruneError(f"--same-as {path}: not a readable bench record ({e})") from e
+    ref_cfg = {**ref_cfg, "calib_size": ref_cfg.get("calib_size", ref_cfg.get("calib"))}  # older records
+    ours = dataclasses.asdict(cfg)
+    differ = {k: (ref_cfg.get(k), ours[k]) for k in SAME_RUN_KEYS if ref_cfg.get(k) != ours[k]}
+    options = [
+        {k: v for k, v in o.items() if k != "profile"} for o in (ref_cfg.get("options") or {}, cfg.options)
+    ]
+    if options[0] != options[1]:
+        differ["options"] = tuple(options)
+    if differ:
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+        raise StatpruneError(f"--same-as {path}: another run ({shown})")
+    if "kept_units" not in result:
+        raise StatpruneError(f"--same-as {path}: the record has no kept units")
+    return result
+
+
+def same_as(cfg: BenchConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """Kept units and output error of this run against the reference record's."""
+    ref = reference_result(cfg)
+    kept, ref_kept = result.get("kept_units", {}), ref["kept_units"]
+    differing = {
+        k: [ref_kept.get(k), kept.get(k)]
+        for k in sorted(set(kept) | set(ref_kept))
+        if kept.get(k) != ref_kept.get(k)
+    }
+    return {
+        "record": str(cfg.same_as),
+        "same_kept_units": not differing,
+        "differing_units": differing,
+        "output_rel_err": [ref.get("output_rel_err"), result.get("output_rel_err")],
+    }
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -401,6 +454,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             cmp["cpu_prune_seconds"] = cpu_result.prune_seconds
             cmp["cpu_timings"] = cpu_result.timings
             record["compare_cpu"] = cmp
+    if cfg.same_as is not None:
+        record["same_as"] = same_as(cfg, record["result"])
     record["stages"] = stages.totals
     record["wall_seconds"] = time.perf_counter() - t_all
     record["provenance"] = provenance()
@@ -438,6 +493,14 @@ def format_table(record: dict[str, Any]) -> str:
         lines.append(
             f"  speedup {sp}; FLOPs ratio {s['flops_ratio']:.2f} (s={s['seq_len']}); params ratio "
             f"{s['params_ratio']:.2f}"
+        )
+    if "same_as" in record:
+        c = record["same_as"]
+        err = " → ".join(f"{e:.4f}" if e is not None else "?" for e in c["output_rel_err"])
+        lines.append(
+            f"  against {c['record']}: same kept units {c['same_kept_units']}"
+            + (f" (differ: {c['differing_units']})" if c["differing_units"] else "")
+            + f"; output rel err {err}"
         )
     if "compare_cpu" in record:
         c = record["compare_cpu"]

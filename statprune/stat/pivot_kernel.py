@@ -39,13 +39,6 @@ MIN_PARTIALS = 256  # partial slots reduced per launch (≥ programs): one speci
 
 
 @triton.jit
-def _total(part_sum, programs, P: tl.constexpr):
-    """Σ d: the sum of the programs' partial sums."""
-    i = tl.arange(0, P)
-    return tl.sum(tl.load(part_sum + i, mask=i < programs, other=0.0), axis=0)
-
-
-@triton.jit
 def _pivot(val, idx, programs, P: tl.constexpr):
     """(max, first index of the max) over the programs' partials."""
     i = tl.arange(0, P)
@@ -104,7 +97,10 @@ def _column_kernel(
     if UPDATE:
         pv, p = _pivot(in_val, in_idx, programs, P)
         if (pid == 0) & (prev >= 0):
-            tl.store(res + prev, _total(in_sum, programs, P))
+            # Σ d written out here and in _reduce_kernel, not as a shared @triton.jit helper: on an
+            # H200 the helper compiled to another summation order, which moved BERT-base's kept units
+            j = tl.arange(0, P)
+            tl.store(res + prev, tl.sum(tl.load(in_sum + j, mask=j < programs, other=0.0), axis=0))
         ok = pv > tl.load(tol)
         s = tl.sqrt(tl.where(ok, pv, 1.0))  # the column is zeroed below when not ok
         a = tl.load(A + p * n + offs, mask=m, other=0.0)
@@ -148,7 +144,8 @@ def _column_kernel(
 
 @triton.jit(do_not_specialize=["t", "programs"])
 def _reduce_kernel(part_sum, res, programs, t, P: tl.constexpr):
-    tl.store(res + t, _total(part_sum, programs, P))
+    i = tl.arange(0, P)
+    tl.store(res + t, tl.sum(tl.load(part_sum + i, mask=i < programs, other=0.0), axis=0))
 
 
 @dataclass

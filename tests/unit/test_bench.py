@@ -50,6 +50,29 @@ def test_speed_and_cpu_comparison_sections(tmp_path):
     assert c["same_kept_units"] and c["same_shapes"] and c["max_rel_weight_diff"] == 0.0
 
 
+def test_same_as_compares_kept_units_with_a_record_of_the_same_run(tmp_path, capsys):
+    run = ("--shape", "tiny-llama", "--sparsity", "0.3")
+    ref = _bench(tmp_path / "a", *run)
+    ref_path = tmp_path / "a" / "rec.json"
+    c = _bench(tmp_path / "b", *run, "--opt", "profile=false", "--same-as", str(ref_path))["same_as"]
+    assert c["same_kept_units"] and c["differing_units"] == {}
+    assert c["output_rel_err"][0] == c["output_rel_err"][1] == ref["result"]["output_rel_err"]
+    assert "same kept units True" in capsys.readouterr().out
+    # a reference whose kept units differ (as another code's or machine's would): named unit by unit
+    n = ref["result"]["kept_units"]["0.neurons"]
+    ref["result"]["kept_units"]["0.neurons"] = n + 8
+    (tmp_path / "edited.json").write_text(json.dumps(ref))
+    c = _bench(tmp_path / "c", *run, "--same-as", str(tmp_path / "edited.json"))["same_as"]
+    assert not c["same_kept_units"] and c["differing_units"] == {"0.neurons": [n + 8, n]}
+    # another run (or not a record) is refused before any pruning, naming the difference
+    other = ["bench", "--shape", "tiny-llama", "--sparsity", "0.4", "--device", "cpu", "--dtype", "float32",
+             "--calib-size", "8", "--seq-len", "24", "--batch-size", "4", "--out", ""]  # fmt: skip
+    assert main([*other, "--same-as", str(ref_path)]) == 2
+    assert "sparsity: 0.3 there, 0.4 here" in capsys.readouterr().err
+    assert main([*other, "--same-as", str(tmp_path / "missing.json")]) == 2
+    assert "not a readable bench record" in capsys.readouterr().err
+
+
 def test_layer_slice_and_bad_input(tmp_path, capsys):
     rec = _bench(tmp_path, "--shape", "tiny-bert", "--layers", "1", "--sparsity", "0.2")
     assert len(rec["result"]["layers"]) == 1
