@@ -31,6 +31,20 @@
 #                                 BERT-base × 4, 7B former default × 2
 #   benchmarks/gpu_session.sh 16  Triton's library hash primed on a background thread (no gain: not kept):
 #                                 BERT-base in fresh processes, alternating with the tree in $OLD (4 pairs)
+#   benchmarks/gpu_session.sh 17  the walk without cuDNN attention (no gain: not kept): GPU tests, BERT-base in
+#                                 fresh processes alternating with the tree in $OLD (4 pairs), host profile;
+#                                 pruned BERT-base (STAT's encoder default, magnitude) after load_pruned at
+#                                 8–512 × 128 tokens, eager, graph and compiled, with kernel time by kind
+#   benchmarks/gpu_session.sh 18  BERT-base with the tree in $A9 (kept units against phase 14's on another machine);
+#                                 FLAP's and SliceGPT's pruned 7B after load_pruned: forward eager, graph and
+#                                 compiled, kernel time by kind (one dense process serves both)
+#   benchmarks/gpu_session.sh 19  the pivot kernels' Σ d written out again (a shared Triton helper had moved kept
+#                                 units): GPU tests, BERT-base × 3 and the 7B former default (kept units against
+#                                 phase 14's and phase 18's records)
+#   benchmarks/gpu_session.sh 20  FLAP's and SliceGPT's pruned 7B after load_pruned: decode paths, stock generate
+#                                 at batch 1 and 16, and with a static cache (compiled by transformers)
+#   benchmarks/gpu_session.sh 21  after a change to the GPU path: BERT-base and the 7B former default against the
+#                                 records of phase 14 (bench --same-as: same kept units and output error?)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -179,6 +193,61 @@ if [[ $PHASE == 16 ]]; then
     step "bert-old-$r"; PYTHONPATH=$OLD:$PYTHONPATH run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-noprime-$r"
     step "bert-new-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-prime-$r"
   done
+fi
+if [[ $PHASE == 17 ]]; then
+  step pytest-gpu; run 90 $PY -m pytest -q -m gpu tests/unit/test_stat_walk.py tests/unit/test_id.py -p no:cacheprovider | tail -3
+  step bert-compile; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-nocudnn-0  # Triton compiles
+  for r in 1 2 3 4; do
+    step "bert-old-$r"; PYTHONPATH=$OLD:$PYTHONPATH run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-cudnn-$r"
+    step "bert-new-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-nocudnn-$r"
+  done
+  step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --out "$REC/profile_bert_nocudnn.json"
+  PS_BERT="--shape bert-base --sparsity 0.5 --calib-size 512 --seq-len 128 --batches 8,32,128,512 --compile"
+  step bert-speed-stat; run 240 $PY benchmarks/pruned_speed.py all $PS_BERT --repeats 2 --work /tmp/pb \
+    --out "$REC/pruned_speed_bert_share.json"
+  step bert-speed-magnitude; run 150 $PY benchmarks/pruned_speed.py all $PS_BERT --method magnitude --repeats 1 \
+    --work /tmp/pm --out "$REC/pruned_speed_bert_magnitude_sizes.json"
+fi
+if [[ $PHASE == 18 ]]; then
+  step bert-a9cf782; PYTHONPATH=$A9:$PYTHONPATH run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-a9cf782
+  PS_7B="--shape llama-2-7b --sparsity 0.3 --calib-size 32 --seq-len 2048 --batches 8,32 --no-generate"
+  for m in flap slicegpt; do
+    step "7b-$m-make"; run 120 $PY benchmarks/pruned_speed.py make $PS_7B --method $m --work /tmp/$m \
+      --out "$REC/pruned_speed_7b_${m}_made.json"
+  done
+  step 7b-dense; run 150 $PY benchmarks/pruned_speed.py time --model random:llama-2-7b --batches 8,32 --compile \
+    --no-generate --json "$REC/speed_7b_dense_compiled.json"
+  for m in flap slicegpt; do
+    step "7b-$m-time"; run 150 $PY benchmarks/pruned_speed.py time --model /tmp/$m/pruned --batches 8,32 --compile \
+      --no-generate --json "$REC/speed_7b_${m}_compiled.json"
+  done
+fi
+if [[ $PHASE == 19 ]]; then
+  step pytest-gpu; run 120 $PY -m pytest -q -m gpu tests/unit/test_pivot_kernel.py tests/unit/test_id.py -p no:cacheprovider | tail -3
+  for r in 1 2 3; do
+    step "bert-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-inline-$r"
+  done
+  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-inline
+fi
+if [[ $PHASE == 20 ]]; then
+  PS_7B="--shape llama-2-7b --sparsity 0.3 --calib-size 32 --seq-len 2048 --batches 32 --no-generate"
+  for m in flap slicegpt; do
+    step "7b-$m-make"; run 100 $PY benchmarks/pruned_speed.py make $PS_7B --method $m --work /tmp/$m
+  done
+  # --batches 8 --compile: no compiled forward (that is at 32 × 128), the static-cache generate only
+  step 7b-dense; run 150 $PY benchmarks/pruned_speed.py time --model random:llama-2-7b --batches 8 --compile \
+    --json "$REC/decode_7b_dense.json"
+  for m in flap slicegpt; do
+    step "7b-$m-time"; run 150 $PY benchmarks/pruned_speed.py time --model /tmp/$m/pruned --batches 8 --compile \
+      --json "$REC/decode_7b_${m}.json"
+  done
+fi
+if [[ $PHASE == 21 ]]; then
+  REF=benchmarks/results/h200-2026-12-01
+  step bert; run 60 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-check \
+    --same-as $REF/bert-base-stat-s0.5-final-2.json
+  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-check \
+    --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

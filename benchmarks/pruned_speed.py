@@ -8,13 +8,16 @@ built in a fresh process too:
         --calib-size 32 --seq-len 2048 --work /tmp/ps --out benchmarks/results/pruned_speed_7b.json
 
 ``all`` = ``make`` (build ``random:<shape>``, prune, time in-process, save) then ``time`` on the dense
-model and on the saved checkpoint, each in its own fresh process, twice in alternation (dense,
-pruned, dense, pruned) so that process-to-process variation shows. Every ``time`` run warms up and
-reports medians: eager forward (8 × 128 and 32 × 128), its CUDA-graph replay, ``generate`` at batch
-1 and 16, the decode step (eager and graph), optionally stock ``generate`` with a static cache (which
-transformers compiles); plus the facts that decide
-eager speed (attention implementation, dtypes, non-contiguous weights, misaligned widths) and the
-profiler's top CUDA kernels of one eager forward. The record holds everything; a table is printed.
+model and on the saved checkpoint, each in its own fresh process, ``--repeats`` times in alternation
+(dense, pruned, dense, pruned) so that process-to-process variation shows. Every ``time`` run warms
+up and reports medians: the backbone's forward at ``--batches`` × 128 tokens, eager and as a
+CUDA-graph replay (with ``--compile`` also ``torch.compile``'d at 32 × 128); for decoders
+``generate`` at batch 1 and 16, the decode step (eager and graph) and, with ``--compile``, stock
+``generate`` with a static cache (which transformers compiles); plus the facts that decide eager
+speed (attention implementation, dtypes, non-contiguous weights, misaligned widths) and one
+profiled eager forward at 32 × 128: device time by kernel kind, which separates what pruning
+shrinks (GEMMs, per-head work) from fixed per-layer costs. The record holds everything; a table is
+printed. ``make`` and ``time`` run the halves alone (one dense process can serve several methods).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 
-from statprune.bench.speed import decode_latency, forward_speed, graphed, time_fn
+from statprune.bench.speed import decode_latency, forward_speed, time_fn
 from statprune.models.load import is_decoder
 
 
@@ -47,8 +50,23 @@ def layout_facts(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def profile_forward(model: torch.nn.Module, ids: torch.Tensor, top: int = 12) -> list[dict[str, Any]]:
-    """Top CUDA kernels (by total device time) of one eager backbone forward."""
+KINDS = (  # kernel name fragments → kind; first match wins (cuDNN/CUTLASS attention before GEMMs)
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
+    ("norm", ("layer_norm", "rms", "MeanOps", "pow_")),
+    ("copy", ("copy", "Cat", "Memset", "Memcpy", "gather", "scatter", "index")),
+    ("elementwise", ("elementwise", "triton_")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    return next((kind for kind, parts in KINDS if any(p in name for p in parts)), "other")
+
+
+def profile_forward(model: torch.nn.Module, ids: torch.Tensor, top: int = 12) -> dict[str, Any]:
+    """Every CUDA kernel of one eager backbone forward: device ms by kind (GEMM, attention, norm,
+    copy, element-wise, other) and the ``top`` kernels. What pruning can shrink is the GEMMs and
+    the per-head work; the rest is a fixed cost per layer that bounds the speedup."""
     from torch.profiler import ProfilerActivity, profile
 
     backbone = getattr(model, "base_model", model)
@@ -62,7 +80,18 @@ def profile_forward(model: torch.nn.Module, ids: torch.Tensor, top: int = 12) ->
         if dev_us > 0 and e.device_type.name == "CUDA":
             rows.append({"kernel": e.key[:90], "calls": e.count, "device_ms": dev_us / 1e3})
     rows.sort(key=lambda r: -r["device_ms"])
-    return rows[:top]
+    by_kind: dict[str, dict[str, float]] = {}
+    for r in rows:
+        k = by_kind.setdefault(kernel_kind(r["kernel"]), {"device_ms": 0.0, "calls": 0})
+        k["device_ms"] += r["device_ms"]
+        k["calls"] += r["calls"]
+    return {
+        "shape": list(ids.shape),
+        "device_ms": sum(r["device_ms"] for r in rows),
+        "calls": sum(r["calls"] for r in rows),
+        "by_kind": by_kind,
+        "top": rows[:top],
+    }
 
 
 @torch.no_grad()
@@ -86,23 +115,22 @@ def generate_ms_per_token(
     return time_fn(run, torch.device("cuda"), warmup=2, reps=5) / new
 
 
-def measure(model: torch.nn.Module, compile: bool) -> dict[str, Any]:
-    """Every timing of one model (already on CUDA, eval mode)."""
+def measure(
+    model: torch.nn.Module, batches: list[int], compile: bool = False, generate: bool = True
+) -> dict[str, Any]:
+    """Every timing of one model (already on CUDA, eval mode): the backbone's forward at
+    ``batches`` × 128 tokens (eager and graph-replayed; with ``compile`` also ``torch.compile``'d at
+    32 × 128), one profiled eager forward at 32 × 128, and for decoders (``generate``) the decode paths."""
     dev = torch.device("cuda")
     vocab = model.config.vocab_size
-    out: dict[str, Any] = {"layout": layout_facts(model)}
-    ids = torch.randint(3, vocab, (8, 128), generator=torch.Generator().manual_seed(0)).cuda()
-    backbone = getattr(model, "base_model", model)
-    with torch.no_grad():
-        extra = {"use_cache": False} if is_decoder(model.config) else {}
-        fwd8 = lambda: backbone(input_ids=ids, **extra).last_hidden_state  # noqa: E731
-        out["forward_8x128_eager_ms"] = time_fn(fwd8, dev, warmup=5, reps=20)
-        replay = graphed(fwd8, dev)
-        out["forward_8x128_graph_ms"] = time_fn(replay, dev, reps=20) if replay else None
-        del replay
-    out["forward_32x128"] = forward_speed(model, batch=32, seq=128, vocab=vocab, device=dev)
-    out["profile_8x128"] = profile_forward(model, ids)
-    if not is_decoder(model.config):
+    out: dict[str, Any] = {"layout": layout_facts(model), "forward": {}}
+    for b in batches:
+        out["forward"][f"{b}x128"] = forward_speed(
+            model, batch=b, seq=128, vocab=vocab, device=dev, reps=20, compile=compile and b == 32
+        )
+    ids = torch.randint(3, vocab, (32, 128), generator=torch.Generator().manual_seed(0)).cuda()
+    out["profile"] = profile_forward(model, ids)
+    if not (generate and is_decoder(model.config)):
         return out
     out["decode"] = decode_latency(model, prompt=128, new_tokens=32, vocab=vocab, device=dev)
     out["generate_b1_ms_per_token"] = out["decode"]["generate_ms_per_token"]
@@ -156,7 +184,7 @@ def cmd_make(args: argparse.Namespace) -> dict[str, Any]:
         model, calib, Target(args.sparsity, 128.0), method=args.method, seed=args.seed, options=options
     )
     prune_s = time.perf_counter() - t0
-    in_process = measure(model, args.compile)
+    in_process = measure(model, args.batches, compile=False, generate=args.generate)
     save_pruned(model, tok, Path(args.work) / "pruned", report=res.to_dict())
     return {
         "prune_seconds": prune_s,
@@ -171,13 +199,19 @@ def cmd_time(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, _ = load_model(args.model, dtype=torch.bfloat16, device="cuda")
     load_s = time.perf_counter() - t0
-    return {"model": args.model, "load_seconds": load_s, **measure(model.eval(), args.compile)}
+    return {
+        "model": args.model,
+        "load_seconds": load_s,
+        **measure(model.eval(), args.batches, compile=args.compile, generate=args.generate),
+    }
 
 
-def _fresh(model: str, compile: bool, work: Path, tag: str) -> dict[str, Any]:
-    out = work / f"{tag}.json"
+def _fresh(model: str, args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    out = Path(args.work) / f"{tag}.json"
     cmd = [sys.executable, __file__, "time", "--model", model, "--json", str(out)]
-    subprocess.run(cmd + (["--compile"] if compile else []), check=True, env=os.environ)
+    cmd += ["--batches", ",".join(map(str, args.batches))]
+    cmd += (["--compile"] if args.compile else []) + ([] if args.generate else ["--no-generate"])
+    subprocess.run(cmd, check=True, env=os.environ)
     return json.loads(out.read_text())
 
 
@@ -187,8 +221,8 @@ def cmd_all(args: argparse.Namespace) -> dict[str, Any]:
     record: dict[str, Any] = {"config": vars(args), "made": cmd_make(args)}
     runs = []
     for rep in range(args.repeats):
-        runs.append({"dense": _fresh(f"random:{args.shape}", args.compile, work, f"dense{rep}")})
-        runs[-1]["pruned"] = _fresh(str(work / "pruned"), args.compile, work, f"pruned{rep}")
+        runs.append({"dense": _fresh(f"random:{args.shape}", args, f"dense{rep}")})
+        runs[-1]["pruned"] = _fresh(str(work / "pruned"), args, f"pruned{rep}")
     record["fresh"] = runs
     record["gpu"] = torch.cuda.get_device_name()
     record["torch"] = torch.__version__
@@ -196,11 +230,7 @@ def cmd_all(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-ROWS = [
-    ("forward 8x128 eager", lambda r: r["forward_8x128_eager_ms"]),
-    ("forward 8x128 graph", lambda r: r["forward_8x128_graph_ms"]),
-    ("forward 32x128 eager", lambda r: r["forward_32x128"]["eager_ms"]),
-    ("forward 32x128 graph", lambda r: r["forward_32x128"]["graph_ms"]),
+DECODE_ROWS = [
     ("decode step eager", lambda r: r.get("decode", {}).get("step_eager_ms")),
     ("decode step graph", lambda r: r.get("decode", {}).get("step_graph_ms")),
     ("generate b1 ms/token", lambda r: r.get("generate_b1_ms_per_token")),
@@ -209,6 +239,26 @@ ROWS = [
     ("decode step host ms", lambda r: r.get("host_ms_per_decode_step", {}).get("host_ms")),
     ("decode step device ms", lambda r: r.get("host_ms_per_decode_step", {}).get("event_ms")),
 ]
+MODES = ("eager_ms", "graph_ms", "compiled_ms", "compiled_graph_ms")
+
+
+def rows(record: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, getter) of every table row: forward per size and mode, profile by kind, decode."""
+    first = record["fresh"][0]["pruned"] if record["fresh"] else record["made"]["in_process"]
+    out = [
+        (f"forward {size} {mode[:-3]}", lambda r, size=size, mode=mode: r["forward"].get(size, {}).get(mode))
+        for size in first["forward"]
+        for mode in MODES
+    ]
+    for kind in sorted(first["profile"]["by_kind"]):
+        out.append(
+            (
+                f"profile 32x128: {kind} ms",
+                lambda r, k=kind: r["profile"]["by_kind"].get(k, {}).get("device_ms"),
+            )
+        )
+    out.append(("profile 32x128: all kernels ms", lambda r: r["profile"]["device_ms"]))
+    return out + DECODE_ROWS
 
 
 def table(record: dict[str, Any]) -> str:
@@ -218,13 +268,19 @@ def table(record: dict[str, Any]) -> str:
         + " | ".join(f"fresh dense {i} | fresh pruned {i} | speedup {i}" for i in range(len(record["fresh"])))
         + " |"
     )
-    for name, get in ROWS:
+    for name, get in rows(record):
         cells = [get(record["made"]["in_process"])]
         for run in record["fresh"]:
             d, p = get(run["dense"]), get(run["pruned"])
             cells += [d, p, (d / p if d and p else None)]
+        if all(c is None for c in cells):
+            continue
         lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def _batches(text: str) -> list[int]:
+    return [int(b) for b in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,14 +297,19 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--opt", action="append", default=[], help="method option key=value")
         s.add_argument("--work", default="/tmp/pruned_speed")
         s.add_argument("--repeats", type=int, default=2)
-        s.add_argument(
-            "--compile", action="store_true", help="also stock generate with a static cache (compiled)"
-        )
         s.add_argument("--out", default=None)
     t = sub.add_parser("time")
     t.add_argument("--model", required=True)
     t.add_argument("--json", required=True)
-    t.add_argument("--compile", action="store_true")
+    for s in (*sub.choices.values(),):
+        s.add_argument("--batches", type=_batches, default=[8, 32], help="forward batch sizes (× 128 tokens)")
+        s.add_argument(
+            "--compile",
+            action="store_true",
+            help="fresh processes also time the torch.compile'd forward (32 × 128) and stock generate "
+            "with a static cache (compiled by transformers)",
+        )
+        s.add_argument("--no-generate", dest="generate", action="store_false", help="skip the decode paths")
     args = p.parse_args(argv)
     if args.cmd == "time":
         Path(args.json).write_text(json.dumps(cmd_time(args), indent=1))
