@@ -263,11 +263,8 @@ def rows(record: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def table(record: dict[str, Any]) -> str:
     lines = [f"FLOPs ratio {record['made']['flops_ratio']:.3f}; ms (speedup = dense/pruned)"]
-    lines.append(
-        "| path | in-process pruned | "
-        + " | ".join(f"fresh dense {i} | fresh pruned {i} | speedup {i}" for i in range(len(record["fresh"])))
-        + " |"
-    )
+    fresh = [f"fresh dense {i} | fresh pruned {i} | speedup {i}" for i in range(len(record["fresh"]))]
+    lines.append(" | ".join(["| path", "in-process pruned", *fresh]) + " |")
     for name, get in rows(record):
         cells = [get(record["made"]["in_process"])]
         for run in record["fresh"]:
