@@ -43,8 +43,9 @@
 #                                 phase 14's and phase 18's records)
 #   benchmarks/gpu_session.sh 20  FLAP's and SliceGPT's pruned 7B after load_pruned: decode paths, stock generate
 #                                 at batch 1 and 16, and with a static cache (compiled by transformers)
-#   benchmarks/gpu_session.sh 21  after a change to the GPU path: BERT-base and the 7B former default against the
-#                                 records of phase 14 (bench --same-as: same kept units and output error?)
+#   benchmarks/gpu_session.sh 21  after a change to the GPU path: the GPU tests (one reruns BERT-base against phase
+#                                 14's record), BERT-base and the 7B former default against the records of phase 14
+#                                 (bench --same-as: same kept units and output error?)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -244,6 +245,7 @@ if [[ $PHASE == 20 ]]; then
 fi
 if [[ $PHASE == 21 ]]; then
   REF=benchmarks/results/h200-2026-12-01
+  step pytest-gpu; run 120 $PY -m pytest -q -m gpu tests/unit/test_bench.py tests/unit/test_pivot_kernel.py -p no:cacheprovider | tail -3
   step bert; run 60 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-check \
     --same-as $REF/bert-base-stat-s0.5-final-2.json
   step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-check \

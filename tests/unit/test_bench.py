@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,6 +90,29 @@ def test_gpu_path_matches_cpu_path(tmp_path):
     rec = _bench(tmp_path, "--shape", "tiny-llama", "--sparsity", "0.3", "--compare-cpu", device="cuda")
     assert rec["compare_cpu"]["same_kept_units"]
     assert rec["compare_cpu"]["max_rel_weight_diff"] < 1e-3
+
+
+H200_RECORD = "benchmarks/results/h200-2026-12-01/bert-base-stat-s0.5-final-2.json"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or "H200" not in torch.cuda.get_device_name(),
+    reason="the record is an H200's",
+)
+def test_gpu_path_keeps_the_units_recorded_on_an_h200(tmp_path):
+    """A change to the GPU path that moves STAT's kept units fails here, as a refactor of the pivot
+    kernels' reductions did (docs/BENCHMARKS.md §3d); the record was reproduced on two H200s."""
+    record = Path(__file__).resolve().parents[2] / H200_RECORD
+    rc = main(
+        ["bench", "--device", "cuda", "--shape", "bert-base", "--sparsity", "0.5", "--calib-size", "512",
+         "--seq-len", "128", "--batch-size", "64", "--dtype", "bfloat16", "--opt", "profile=false",
+         "--out", str(tmp_path), "--name", "rec", "--same-as", str(record)]
+    )  # fmt: skip
+    assert rc == 0
+    same = json.loads((tmp_path / "rec.json").read_text())["same_as"]
+    assert same["same_kept_units"], same["differing_units"]
+    assert same["output_rel_err"][0] == same["output_rel_err"][1]
 
 
 @pytest.mark.slow  # Inductor compiles C++ on CPU (~20 s per model) and needs a compiler toolchain
