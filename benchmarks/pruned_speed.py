@@ -169,6 +169,7 @@ def host_time_of_step(model: torch.nn.Module, vocab: int, reps: int = 20) -> dic
 
 def cmd_make(args: argparse.Namespace) -> dict[str, Any]:
     from statprune.bench.run import synthetic_calibration
+    from statprune.commands.prune import parse_kv
     from statprune.models.checkpoint import save_pruned
     from statprune.models.load import load_model
     from statprune.pruner import Target, prune
@@ -178,7 +179,7 @@ def cmd_make(args: argparse.Namespace) -> dict[str, Any]:
         args.calib_size, args.seq_len, model.config.vocab_size, batch_size=8, seed=args.seed
     )
     options = {"progress": False} if args.method == "stat" else {}
-    options.update(dict(kv.split("=", 1) for kv in args.opt))
+    options.update(parse_kv(args.opt))
     t0 = time.perf_counter()
     res = prune(
         model, calib, Target(args.sparsity, 128.0), method=args.method, seed=args.seed, options=options

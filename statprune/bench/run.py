@@ -86,8 +86,6 @@ class BenchConfig:
             raise StatpruneError(
                 "--num-labels takes a count ≥ 0 and is for random calibration (no --calib-task)"
             )
-        if self.same_as is not None:
-            reference_result(self)
 
     def record_name(self) -> str:
         if self.name:
@@ -130,9 +128,9 @@ def reference_result(cfg: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def same_as(cfg: BenchConfig, result: dict[str, Any]) -> dict[str, Any]:
-    """Kept units and output error of this run against the reference record's."""
-    ref = reference_result(cfg)
+def compare_with_reference(ref: dict[str, Any], path: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Kept units and output error of this run (``result``) against the reference record's (``ref``,
+    from :func:`reference_result`)."""
     kept, ref_kept = result.get("kept_units", {}), ref["kept_units"]
     differing = {
         k: [ref_kept.get(k), kept.get(k)]
@@ -140,7 +138,7 @@ def same_as(cfg: BenchConfig, result: dict[str, Any]) -> dict[str, Any]:
         if kept.get(k) != ref_kept.get(k)
     }
     return {
-        "record": str(cfg.same_as),
+        "record": path,
         "same_kept_units": not differing,
         "differing_units": differing,
         "output_rel_err": [ref.get("output_rel_err"), result.get("output_rel_err")],
@@ -362,6 +360,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     from statprune.timing import StageTimer
 
     cfg.validate()
+    reference = reference_result(cfg) if cfg.same_as is not None else None  # before any work
     job = cfg.prune_job()
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype)
@@ -454,8 +453,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             cmp["cpu_prune_seconds"] = cpu_result.prune_seconds
             cmp["cpu_timings"] = cpu_result.timings
             record["compare_cpu"] = cmp
-    if cfg.same_as is not None:
-        record["same_as"] = same_as(cfg, record["result"])
+    if reference is not None:
+        record["same_as"] = compare_with_reference(reference, str(cfg.same_as), record["result"])
     record["stages"] = stages.totals
     record["wall_seconds"] = time.perf_counter() - t_all
     record["provenance"] = provenance()
