@@ -46,6 +46,15 @@
 #   benchmarks/gpu_session.sh 21  after a change to the GPU path: the GPU tests (one reruns BERT-base against phase
 #                                 14's record), BERT-base and the 7B former default against the records of phase 14
 #                                 (bench --same-as: same kept units and output error?)
+#   benchmarks/gpu_session.sh 22  Triton's key remembered across processes: GPU tests (the phase-21 check included),
+#                                 BERT-base in fresh processes with the memo off and on (alternating, 4 pairs,
+#                                 kept units against phase 14's), host and kernel profiles of BERT-base prunes
+#   benchmarks/gpu_session.sh 23  statprune's bytecode compiled first (as pip install does; the tree arrives without it),
+#                                 BERT-base in fresh processes (Triton key memo on × 4, off × 2), host profile with
+#                                 raw pstats, kernel profile, the 7B former default against phase 14's record
+#   benchmarks/gpu_session.sh 24  BERT-base in fresh processes with bytecode for every imported module (the lent machine's
+#                                 site-packages has none; a pip install compiles it): where bytecode comes from, then
+#                                 the Triton key memo on × 5 (the first writes the bytecode), off × 2, host profile
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -66,8 +75,8 @@ pack() { [[ $REC == "$OUT" ]] || tar czf "$OUT/records.tgz" -C "$REC" .; }
 step() { pack; echo; echo "=== $* ($(date -u +%FT%TZ), ${SECONDS}s)"; }
 left() { echo $((DEADLINE - SECONDS)); }
 
-BERT="--shape bert-base --sparsity 0.5 --calib 512 --seq-len 128 --batch-size 64 --dtype bfloat16"
-LLAMA="--shape llama-2-7b --sparsity 0.3 --calib 128 --seq-len 2048 --batch-size 8 --dtype bfloat16"
+BERT="--shape bert-base --sparsity 0.5 --calib-size 512 --seq-len 128 --batch-size 64 --dtype bfloat16"
+LLAMA="--shape llama-2-7b --sparsity 0.3 --calib-size 128 --seq-len 2048 --batch-size 8 --dtype bfloat16"
 SHARE="--opt error_norm=residual --opt allocation=share"  # the STAT default before 2026-12-01
 run() { local t=$1; shift; (( $(left) > 30 )) || return 0; timeout $(( $(left) < t ? $(left) : t )) "$@"; }
 
@@ -79,17 +88,17 @@ if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step micro; run 120 $PY benchmarks/micro.py "$REC/micro.json" cuda
   step bert-base; run 120 $SP $BERT --speed --name bert-base-stat-s0.5
 fi
-if [[ $PHASE == *2 ]]; then
+if [[ $PHASE == 2 || $PHASE == 12 ]]; then
   step 7b-full; run 360 $SP $LLAMA --speed --name llama-2-7b-stat-s0.3
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
-  step gpu-vs-cpu; run 120 $SP --shape bert-base --layers 3 --sparsity 0.5 --calib 128 --seq-len 128 \
+  step gpu-vs-cpu; run 120 $SP --shape bert-base --layers 3 --sparsity 0.5 --calib-size 128 --seq-len 128 \
     --batch-size 64 --dtype float32 --compare-cpu --name bert-base-L3-gpu-vs-cpu
   step bert-base-multiple8; run 60 $SP $BERT --speed --opt neuron_multiple=8 --name bert-base-stat-s0.5-m8
   step bert-base-sketch; run 60 $SP $BERT --opt sketch=gaussian --opt sketch_ratio=0.1 --name bert-base-stat-s0.5-gauss0.1
   step pytest-gpu; run 60 $PY -m pytest -q -m gpu tests/unit/test_bench.py -p no:cacheprovider
 fi
-if [[ $PHASE == *2 ]]; then
+if [[ $PHASE == 2 || $PHASE == 12 ]]; then
   for m in magnitude slicegpt "kwon --opt batch_size=4"; do
     step "7b-$m"; run 240 $SP $LLAMA --method $m --name "llama-2-7b-${m%% *}-s0.3"
   done
@@ -107,7 +116,7 @@ if [[ $PHASE == 4 ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv
   step bert-base-m8; run 90 $SP $BERT --speed --name bert-base-stat-s0.5-m8round
   step bert-base-kwon; run 120 $SP $BERT --method kwon --num-labels 2 --opt progress=true --name bert-base-kwon-s0.5
-  step 7b-compiled-decode; run 330 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
+  step 7b-compiled-decode; run 330 $SP --shape llama-2-7b --sparsity 0.3 --calib-size 32 --seq-len 512 \
     --batch-size 8 --dtype bfloat16 --speed --compile --name llama-2-7b-stat-s0.3-compiled
   step 7b-slice-kwon; run 150 $SP $LLAMA --layers 4 --method kwon --opt batch_size=4 --opt progress=true \
     --name llama-2-7b-L4-kwon-s0.3
@@ -118,11 +127,11 @@ if [[ $PHASE == 5 ]]; then
     --name bert-base-stat-s0.5-greedy-compiled
   step 7b-kwon; run 300 $SP $LLAMA --method kwon --opt batch_size=4 --opt progress=true --name llama-2-7b-kwon-s0.3
   step 7b-default; run 160 $SP $LLAMA --name llama-2-7b-stat-s0.3-default
-  step 7b-greedy-compiled-decode; run 330 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
+  step 7b-greedy-compiled-decode; run 330 $SP --shape llama-2-7b --sparsity 0.3 --calib-size 32 --seq-len 512 \
     --batch-size 8 --dtype bfloat16 --speed --compile --opt allocation=greedy --name llama-2-7b-stat-s0.3-greedy-compiled
 fi
 if [[ $PHASE == 6 ]]; then
-  step 7b-frozen-decode; run 380 $SP --shape llama-2-7b --sparsity 0.3 --calib 32 --seq-len 512 \
+  step 7b-frozen-decode; run 380 $SP --shape llama-2-7b --sparsity 0.3 --calib-size 32 --seq-len 512 \
     --batch-size 8 --dtype bfloat16 --speed --compile --freeze --name llama-2-7b-stat-s0.3-compiled-frozen
   step bert-base-frozen; run 100 $SP $BERT --speed --compile --freeze --name bert-base-stat-s0.5-compiled-frozen
 fi
@@ -250,6 +259,54 @@ if [[ $PHASE == 21 ]]; then
     --same-as $REF/bert-base-stat-s0.5-final-2.json
   step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-check \
     --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
+fi
+if [[ $PHASE == 22 ]]; then
+  REF=benchmarks/results/h200-2026-12-01/bert-base-stat-s0.5-final-2.json
+  step pytest-gpu; run 150 $PY -m pytest -q -m gpu tests/unit/test_bench.py tests/unit/test_pivot_kernel.py -p no:cacheprovider | tail -3
+  step pytest-key; run 60 $PY -m pytest -q tests/unit/test_triton_key.py -p no:cacheprovider | tail -3
+  step bert-compile; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-memo-0 --same-as $REF
+  for r in 1 2 3 4; do
+    step "bert-off-$r"; STATPRUNE_TRITON_KEY_MEMO=0 run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-nomemo-$r" --same-as $REF
+    step "bert-on-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-memo-$r" --same-as $REF
+  done
+  step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --top 40 --out "$REC/profile_bert_memo.json"
+  step bert-kernels; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 3 --top 0 --kernels 40 \
+    --out "$REC/kernels_bert.json"
+  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-check \
+    --same-as benchmarks/results/h200-2026-12-01/llama-2-7b-stat-s0.3-share-final.json
+fi
+if [[ $PHASE == 23 ]]; then
+  REF=benchmarks/results/h200-2026-12-01
+  step bytecode; $PY -c "import sys, os; print('dont_write_bytecode', sys.flags.dont_write_bytecode)"
+  ls statprune/__pycache__ 2>/dev/null | head -2; $PY -m compileall -q statprune && echo compiled
+  for r in 0 1 2 3 4 5 6; do  # 0: Triton compiles its kernels and the key is stored
+    if (( r == 3 || r == 6 )); then memo=0 name=nomemo-pyc; else memo=1 name=memo-pyc; fi
+    step "bert-$name-$r"; STATPRUNE_TRITON_KEY_MEMO=$memo run 40 $SP $BERT --opt profile=false \
+      --name "bert-base-stat-s0.5-$name-$r" --same-as $REF/bert-base-stat-s0.5-final-2.json
+  done
+  step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --top 60 \
+    --pstats "$REC/pstats_bert" --out "$REC/profile_bert_pyc.json" | grep -v "^ "
+  step bert-kernels; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 3 --top 0 --kernels 40 \
+    --out "$REC/kernels_bert.json"
+  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-check \
+    --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
+fi
+if [[ $PHASE == 24 ]]; then
+  REF=benchmarks/results/h200-2026-12-01/bert-base-stat-s0.5-final-2.json
+  step bytecode; $PY -c "import os, sys, triton, transformers
+d = os.path.dirname(triton.__file__)
+print('dont_write_bytecode', sys.flags.dont_write_bytecode, 'PYTHONDONTWRITEBYTECODE', os.environ.get('PYTHONDONTWRITEBYTECODE'))
+print('triton dir writable', os.access(d, os.W_OK), 'pyc files', sum(f.endswith('.pyc') for _, _, fs in os.walk(d) for f in fs))
+d = os.path.dirname(transformers.__file__)
+print('transformers pyc files', sum(f.endswith('.pyc') for _, _, fs in os.walk(d) for f in fs))"
+  export PYTHONPYCACHEPREFIX=/tmp/pycache; unset PYTHONDONTWRITEBYTECODE
+  for r in 0 1 2 3 4 5 6; do  # 0: writes the bytecode, Triton compiles its kernels and the key is stored
+    if (( r == 3 || r == 6 )); then memo=0 name=nomemo-bytecode; else memo=1 name=memo-bytecode; fi
+    step "bert-$name-$r"; STATPRUNE_TRITON_KEY_MEMO=$memo run 40 $SP $BERT --opt profile=false \
+      --name "bert-base-stat-s0.5-$name-$r" --same-as $REF
+  done
+  step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --top 60 \
+    --pstats "$REC/pstats_bert" --out "$REC/profile_bert_bytecode.json" | grep -v "^ "
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

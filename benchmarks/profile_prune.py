@@ -5,7 +5,10 @@ later runs show the steady state. Each run prunes a fresh copy of the same dense
 units must agree between runs (checked). Prints per run the wall time, the method's stage timings
 and the functions with the most own time (cProfile ``tottime``, which charges waiting for the GPU to
 the call that synchronises), and writes them as JSON (``--out``). ``--top 0``: no cProfile, so the
-times are clean (e.g. a second prune in one process, without start-up costs).
+times are clean (e.g. a second prune in one process, without start-up costs). ``--kernels N``: the
+last run is also traced by torch.profiler, and its CUDA kernels' device time is recorded (total,
+by kind and the N largest): whether a prune waits for the GPU or the GPU for the host, and on what.
+``--pstats DIR`` keeps each run's whole cProfile (``python -m pstats DIR/run1.pstats``: callers).
 
     PYTHONPATH=$PWD python3 benchmarks/profile_prune.py --shape bert-base --sparsity 0.5 \\
         --calib-size 512 --seq-len 128 --batch-size 64 --runs 2 --out profile_bert.json
@@ -14,14 +17,17 @@ times are clean (e.g. a second prune in one process, without start-up costs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import cProfile
 import io
 import json
 import pstats
 import time
+from pathlib import Path
 
 import torch
+from pruned_speed import kernel_table
 
 from statprune.bench.run import BenchConfig, build_model, synthetic_calibration
 from statprune.commands.prune import parse_kv
@@ -44,6 +50,12 @@ def _top(prof: cProfile.Profile, n: int) -> list[dict]:
     return sorted(rows, key=lambda r: -r["tottime"])[:n]
 
 
+def _trace():
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="bert-base")
@@ -58,6 +70,8 @@ def main() -> None:
     ap.add_argument("--opt", action="append", metavar="KEY=VALUE")
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--top", type=int, default=25, help="functions listed per run (0: no cProfile)")
+    ap.add_argument("--pstats", default=None, help="directory for each run's raw profile (run<N>.pstats)")
+    ap.add_argument("--kernels", type=int, default=0, help="kernels listed for the last run (0: no trace)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -73,22 +87,34 @@ def main() -> None:
     for r in range(args.runs):
         model = copy.deepcopy(dense)
         prof = cProfile.Profile() if args.top > 0 else None
+        trace = _trace() if args.kernels > 0 and r == args.runs - 1 else contextlib.nullcontext()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
         if prof is not None:
             prof.enable()
-        target = Target(args.sparsity, args.seq_len)
-        res = prune(model, calib, target, method=args.method, seed=0, options=options)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        with trace:
+            target = Target(args.sparsity, args.seq_len)
+            res = prune(model, calib, target, method=args.method, seed=0, options=options)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         if prof is not None:
             prof.disable()
+            if args.pstats:
+                Path(args.pstats).mkdir(parents=True, exist_ok=True)
+                prof.dump_stats(Path(args.pstats) / f"run{r + 1}.pstats")
         wall = time.perf_counter() - t
         kept = res.diagnostics.get("kept_units")
         kept0 = kept if kept0 is None else kept0
         run = {"run": r + 1, "wall_s": wall, "timings": res.timings, "same_kept_as_run_1": kept == kept0}
         run["top"] = _top(prof, args.top) if prof is not None else []
+        if not isinstance(trace, contextlib.nullcontext):
+            run["kernels"] = kernel_table(trace, args.kernels)
+            print(
+                f"kernels: {run['kernels']['device_ms']:.1f} device ms in {run['kernels']['calls']} launches"
+            )
+            for row in run["kernels"]["top"]:
+                print(f"{row['device_ms']:9.1f} {row['calls']:7d}  {row['kernel']}")
         record["runs"].append(run)
         how = "profiled" if prof is not None else "not profiled"
         print(

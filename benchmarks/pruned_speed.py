@@ -63,17 +63,8 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, parts in KINDS if any(p in name for p in parts)), "other")
 
 
-def profile_forward(model: torch.nn.Module, ids: torch.Tensor, top: int = 12) -> dict[str, Any]:
-    """Every CUDA kernel of one eager backbone forward: device ms by kind (GEMM, attention, norm,
-    copy, element-wise, other) and the ``top`` kernels. What pruning can shrink is the GEMMs and
-    the per-head work; the rest is a fixed cost per layer that bounds the speedup."""
-    from torch.profiler import ProfilerActivity, profile
-
-    backbone = getattr(model, "base_model", model)
-    extra = {"use_cache": False} if is_decoder(model.config) else {}
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        backbone(input_ids=ids, **extra)
-        torch.cuda.synchronize()
+def kernel_table(prof: Any, top: int = 12) -> dict[str, Any]:
+    """A torch.profiler trace's CUDA kernels: total device ms and launches, ms by kind, the ``top``."""
     rows = []
     for e in prof.key_averages():
         dev_us = getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0)
@@ -86,12 +77,25 @@ def profile_forward(model: torch.nn.Module, ids: torch.Tensor, top: int = 12) ->
         k["device_ms"] += r["device_ms"]
         k["calls"] += r["calls"]
     return {
-        "shape": list(ids.shape),
         "device_ms": sum(r["device_ms"] for r in rows),
         "calls": sum(r["calls"] for r in rows),
         "by_kind": by_kind,
         "top": rows[:top],
     }
+
+
+def profile_forward(model: torch.nn.Module, ids: torch.Tensor, top: int = 12) -> dict[str, Any]:
+    """Every CUDA kernel of one eager backbone forward: device ms by kind (GEMM, attention, norm,
+    copy, element-wise, other) and the ``top`` kernels. What pruning can shrink is the GEMMs and
+    the per-head work; the rest is a fixed cost per layer that bounds the speedup."""
+    from torch.profiler import ProfilerActivity, profile
+
+    backbone = getattr(model, "base_model", model)
+    extra = {"use_cache": False} if is_decoder(model.config) else {}
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        backbone(input_ids=ids, **extra)
+        torch.cuda.synchronize()
+    return {"shape": list(ids.shape), **kernel_table(prof, top)}
 
 
 @torch.no_grad()
