@@ -55,9 +55,8 @@
 #   benchmarks/gpu_session.sh 24  BERT-base in fresh processes with bytecode for every imported module (the lent machine's
 #                                 site-packages has none; a pip install compiles it): where bytecode comes from, then
 #                                 the Triton key memo on × 5 (the first writes the bytecode), off × 2, host profile
-#   benchmarks/gpu_session.sh 25  trailing updates on the unpivoted columns only (compact): GPU tests (BERT-base against
-#                                 phase 14's record), the pivot-step microbenchmark against the full update, the 7B
-#                                 former default against phase 14's record
+#   (phase 25, trailing updates on the unpivoted columns only, ran at commit bfc4163, whose script has it;
+#    not kept: docs/BENCHMARKS.md §3e)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -310,15 +309,6 @@ print('transformers pyc files', sum(f.endswith('.pyc') for _, _, fs in os.walk(d
   done
   step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --top 60 \
     --pstats "$REC/pstats_bert" --out "$REC/profile_bert_bytecode.json" | grep -v "^ "
-fi
-if [[ $PHASE == 25 ]]; then
-  REF=benchmarks/results/h200-2026-12-01
-  step pytest-gpu; run 90 $PY -m pytest -q -m gpu tests/unit/test_bench.py tests/unit/test_id.py -p no:cacheprovider -rA \
-    | grep -E "PASS|FAIL|passed|failed"
-  step pivot-step; run 90 $PY benchmarks/pivot_step.py --sizes 3072,11008 --reference full --out "$REC/pivot_step_compact.json"
-  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-compact \
-    --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
-  step bert; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-compact --same-as $REF/bert-base-stat-s0.5-final-2.json
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

@@ -2,8 +2,7 @@
 
 For each n, random float64 Grams (G = XᵀX with X = randn(2n, n), and a rank-n/4 case) are factored
 over the full curve (and with ``max_steps = 0.7 n``), with the fused step on and off (the
-``fused=`` argument of ``pivoted_cholesky``; ``--reference full``: the fused step with and without
-``compact``, the trailing update restricted to unpivoted columns), after a warm-up that compiles the kernels and records
+``fused=`` argument of ``pivoted_cholesky``), after a warm-up that compiles the kernels and records
 the CUDA graphs. Prints µs per pivot step, the speedup, whether the pivots are identical and the
 largest |ΔL|, and writes the rows as JSON (``--out``).
 
@@ -64,60 +63,47 @@ def main() -> None:
     )
     ap.add_argument("--reps", type=int, default=2, help="timed runs per setting (best is kept)")
     ap.add_argument("--no-max-steps", action="store_true", help="skip the max_steps = 0.7 n runs")
-    ap.add_argument(
-        "--reference",
-        choices=["torch", "full"],
-        default="torch",
-        help="what the fused step is compared with: the torch step, or the fused step with every "
-        "trailing update on the whole matrix (compact=False, the code before 2026-12-02)",
-    )
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    fused_ok = dev.type == "cuda" and triton_available()
-    modes = [False, True] if fused_ok else [False]
-    if dev.type == "cuda" and not fused_ok:
+    modes = [False, True] if dev.type == "cuda" and triton_available() else [False]
+    if dev.type == "cuda" and len(modes) == 1:
         print("triton unavailable (or STATPRUNE_TRITON=0): timing the torch step only")
-    ref_kw = {"fused": False} if args.reference == "torch" else {"fused": fused_ok, "compact": False}
-    ref = args.reference
     rows = []
-    hdr = f"{'n':>6} {'case':<14} {'steps':>6} {ref + ' µs':>9} {'fused µs':>9} {'speedup':>7} {'perm=':>5} {'max|ΔL|':>9}"
+    hdr = f"{'n':>6} {'case':<14} {'steps':>6} {'torch µs':>9} {'fused µs':>9} {'speedup':>7} {'perm=':>5} {'max|ΔL|':>9}"
     print(hdr)
     for n in [int(s) for s in args.sizes.split(",")]:
         for name, G in _grams(n, dev, seed=n).items():
             for cap in [None] if args.no_max_steps else [None, int(0.7 * n)]:
                 res = {}
                 for fused in modes:
-                    kw = {"fused": True} if fused else ref_kw
                     cold, best, out = _time(
-                        G, {"max_steps": cap, "block_size": args.block_size, **kw}, args.reps
+                        G, {"max_steps": cap, "fused": fused, "block_size": args.block_size}, args.reps
                     )
                     res[fused] = (cold, best, out)
-                ref_out = res[False][2]
+                ref = res[False][2]
                 row = {
                     "n": n,
                     "case": name,
                     "max_steps": cap,
-                    "steps": ref_out.rank,
-                    f"{ref}_us_per_step": 1e6 * res[False][1] / max(ref_out.rank, 1),
-                    f"{ref}_first_call_s": res[False][0],
+                    "steps": ref.rank,
+                    "torch_us_per_step": 1e6 * res[False][1] / max(ref.rank, 1),
+                    "torch_first_call_s": res[False][0],
                 }
                 if True in res:
                     got = res[True][2]
-                    same_rank = got.rank == ref_out.rank
-                    dL = (
-                        float((got.L - ref_out.L).abs().max()) if same_rank and ref_out.rank else float("nan")
-                    )
-                    dres = float((got.residual - ref_out.residual).abs().max()) if same_rank else float("nan")
+                    same_rank = got.rank == ref.rank
+                    dL = float((got.L - ref.L).abs().max()) if same_rank and ref.rank else float("nan")
+                    dres = float((got.residual - ref.residual).abs().max()) if same_rank else float("nan")
                     row |= {
                         "fused_us_per_step": 1e6 * res[True][1] / max(got.rank, 1),
                         "fused_first_call_s": res[True][0],
                         "speedup": res[False][1] / res[True][1],
                         "fused_steps": got.rank,
-                        "perm_identical": same_rank and bool(torch.equal(got.perm, ref_out.perm)),
+                        "perm_identical": same_rank and bool(torch.equal(got.perm, ref.perm)),
                         "max_abs_dL": dL,
-                        "max_rel_dL": dL / float(ref_out.L.abs().max()) if ref_out.rank else 0.0,
-                        "max_rel_dresidual": dres / float(ref_out.residual[0]),
+                        "max_rel_dL": dL / float(ref.L.abs().max()) if ref.rank else 0.0,
+                        "max_rel_dresidual": dres / float(ref.residual[0]),
                     }
                 rows.append(row)
                 label = name if cap is None else f"{name}@{cap}"
@@ -127,9 +113,7 @@ def main() -> None:
                     if "speedup" in row
                     else f"{'-':>9} {'-':>7} {'-':>5} {'-':>9}"
                 )
-                print(
-                    f"{n:>6} {label:<14} {row['steps']:>6} {row[f'{ref}_us_per_step']:9.1f} {f}", flush=True
-                )
+                print(f"{n:>6} {label:<14} {row['steps']:>6} {row['torch_us_per_step']:9.1f} {f}", flush=True)
             del G
         clear_workspaces()
         if dev.type == "cuda":
@@ -141,7 +125,6 @@ def main() -> None:
         "fused_available": len(modes) == 2,
         "reps": args.reps,
         "block_size": args.block_size,
-        "reference": ref,
         "rows": rows,
     }
     if args.out:

@@ -43,8 +43,6 @@ import torch
 log = logging.getLogger(__name__)
 
 GRAPH_MIN_SIZE = 256  # below this a factorization is cheap enough eagerly
-COMPACT_FRACTION = 0.6  # `compact`: update only unpivoted columns once they are at most this share
-# (gather + scatter move ≈ 4 f² n² values against the full update's 2 n² plus its product: even near 0.7)
 
 
 @dataclass
@@ -242,7 +240,6 @@ def pivoted_cholesky(
     block_size: int | None = None,
     fused: bool | None = None,
     overrun: bool | None = None,
-    compact: bool | None = None,
 ) -> PivotedCholesky:
     """Greedy diagonal-pivoted Cholesky of a PSD matrix (computed in float64).
 
@@ -265,14 +262,6 @@ def pivoted_cholesky(
     the end of a block fails (nothing is eligible) and leaves the state as it was, and one past
     ``max_steps`` ends the factorization, whose workspace is reset before its next use. Results are
     bitwise those without overrun (tested).
-
-    ``compact`` (None: with the fused step): once at most ``COMPACT_FRACTION`` of the columns are
-    unpivoted, a trailing update subtracts LcᵀLc only on the unpivoted rows and columns (gathered,
-    updated, scattered back), the only entries a later step reads: a step reads row (column) p of
-    an unpivoted p and zeroes the pivoted entries. Its cost falls with the square of the active set
-    instead of staying n² × block_size. The product of the gathered block is another GEMM shape, so
-    L may differ from the full update by rounding (tested to 1e-12; the pivots are the same except on
-    near ties).
     """
     G = G.to(torch.float64)
     n = G.shape[0]
@@ -286,7 +275,6 @@ def pivoted_cholesky(
         fused = dev.type == "cuda" and triton_available()
     if block_size is None:
         block_size = 128 if fused else 64
-    compact = fused if compact is None else compact
     ws = _workspace(n, block_size, dev)
     ws.A.copy_(G.mT if fused else G)  # the fused step reads row p: exactly column p of G
     ws.d.copy_(torch.diagonal(G)).clamp_min_(0.0)
@@ -319,7 +307,7 @@ def pivoted_cholesky(
             j += n_ok
             remaining -= n_ok
             if j - j0 == block_size:
-                _trailing_update(ws, compact)
+                ws.A.addmm_(ws.Lc.T, ws.Lc, alpha=-1.0)
                 ws.Lc.zero_()
                 j0 = j
             if n_ok < c:
@@ -331,20 +319,6 @@ def pivoted_cholesky(
         residual=residual[: j + 1].cpu(),
         block_ends=block_ends,
     )
-
-
-def _trailing_update(ws: _Workspace, compact: bool) -> None:
-    """A −= LcᵀLc: on every entry, or (``compact``, small enough active set) on the unpivoted ones."""
-    if compact:
-        act = torch.nonzero(~ws.inactive).flatten()  # a host sync, once per block_size steps
-        if act.numel() <= COMPACT_FRACTION * ws.A.shape[0]:
-            idx = (act[:, None], act[None, :])
-            Lca = ws.Lc.index_select(1, act)
-            sub = ws.A[idx]
-            sub.addmm_(Lca.T, Lca, alpha=-1.0)
-            ws.A.index_put_(idx, sub)
-            return
-    ws.A.addmm_(ws.Lc.T, ws.Lc, alpha=-1.0)
 
 
 def interpolation_matrix(chol: PivotedCholesky, steps: int, kept: torch.Tensor, n: int) -> torch.Tensor:

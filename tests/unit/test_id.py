@@ -87,38 +87,3 @@ def test_cuda_graph_chunks_with_overrun_equal_eager_chunks(fused, monkeypatch):
             assert got.block_ends == ref.block_ends
             assert torch.equal(got.perm, ref.perm) and torch.equal(got.L, ref.L)
             assert torch.equal(got.residual, ref.residual)
-
-
-@pytest.mark.parametrize("fraction", [0.6, 1.0])  # the default, and compacting every trailing update
-@pytest.mark.parametrize("rank", [200, 60])
-def test_compacted_trailing_updates_change_rounding_only(rank, fraction, monkeypatch):
-    """Updating only the unpivoted rows and columns (``compact``) gives the full update's pivots and
-    L to rounding, with a rank-deficient Gram and with head-like blocks (blocked ≠ pivoted)."""
-    from statprune.stat import id as sid
-
-    monkeypatch.setattr(sid, "COMPACT_FRACTION", fraction)
-    g = torch.Generator().manual_seed(4)
-    X = torch.randn(400, rank, generator=g, dtype=torch.float64) @ torch.randn(
-        rank, 200, generator=g, dtype=torch.float64
-    )
-    G = X.T @ X
-    blocks = list(torch.randperm(200, generator=g).view(8, 25))
-    for kw in ({}, {"blocks": blocks}, {"max_steps": 150}):
-        a = pivoted_cholesky(G, block_size=16, compact=False, **kw)
-        b = pivoted_cholesky(G, block_size=16, compact=True, **kw)
-        assert torch.equal(a.perm, b.perm) and a.block_ends == b.block_ends
-        assert torch.allclose(a.L, b.L, rtol=0, atol=1e-12 * float(a.L.abs().max()))
-        assert torch.allclose(a.residual, b.residual, rtol=0, atol=1e-12 * float(a.residual[0]))
-
-
-def test_compacted_updates_may_break_exact_ties_otherwise_but_not_the_curve():
-    """Two identical diagonal blocks tie exactly at every step of the full update; the compacted
-    product is another GEMM shape, whose rounding may end the tie elsewhere: the pivots may differ
-    between the copies, the residual curve (what the allocation reads) agrees to rounding."""
-    g = torch.Generator().manual_seed(3)
-    X = torch.randn(10, 10, generator=g, dtype=torch.float64)
-    G = torch.kron(torch.eye(2, dtype=torch.float64), X.T @ X)
-    a = pivoted_cholesky(G, block_size=8, compact=False)
-    b = pivoted_cholesky(G, block_size=8, compact=True)
-    assert a.rank == b.rank == 20
-    assert torch.allclose(a.residual, b.residual, rtol=0, atol=1e-12 * float(a.residual[0]))
