@@ -489,6 +489,13 @@ def format_table(record: dict[str, Any]) -> str:
     if "speed" in record:
         s = record["speed"]
         sp = " ".join(f"{k}={v:.2f}" for k, v in s["speedup"].items() if v is not None)
+        modes = [
+            (part, key) for part, key in (("forward", "mode"), ("decode", "step_mode")) if part in s["dense"]
+        ]
+        sp += "".join(
+            f"; {part} = dense {s['dense'][part][key]} / pruned {s['pruned'][part][key]}"
+            for part, key in modes
+        )
         lines.append(
             f"  speedup {sp}; FLOPs ratio {s['flops_ratio']:.2f} (s={s['seq_len']}); params ratio "
             f"{s['params_ratio']:.2f}"

@@ -47,6 +47,8 @@ def test_speed_and_cpu_comparison_sections(tmp_path):
     assert s["flops_ratio"] > 1.5  # 50% of prunable FLOPs removed
     assert s["speedup"]["forward"] > 0 and s["dense"]["forward"]["ms"] > 0
     assert s["dense"]["forward"]["graph_ms"] is None  # graphs only on CUDA
+    assert s["dense"]["forward"]["mode"] == s["pruned"]["forward"]["mode"] == "eager"  # the only one here
+    assert s["speedup"]["forward"] == s["speedup"]["forward_eager"]
     c = rec["compare_cpu"]
     assert c["same_kept_units"] and c["same_shapes"] and c["max_rel_weight_diff"] == 0.0
 
@@ -127,11 +129,13 @@ def test_compiled_forward_and_decode_step_match_eager():
     assert out["compiled_max_abs_diff"] < 1e-4 * max(1.0, out["output_max_abs"])
     assert out["step_compiled_ms"] > 0 and out["step_compiled_graph_ms"] is None  # graphs only on CUDA
     assert out["step_ms"] == min(out["step_eager_ms"], out["step_compiled_ms"])
+    assert out["step_mode"] == ("eager" if out["step_ms"] == out["step_eager_ms"] else "compiled")
     encoder, _ = build_random("tiny-bert")
     fwd = forward_speed(encoder, batch=2, seq=16, vocab=1024, device=cpu, compile=True)
     assert "compile_error" not in fwd
     assert fwd["compiled_max_abs_diff"] < 1e-4 * max(1.0, fwd["output_max_abs"])
     assert fwd["ms"] == min(fwd["eager_ms"], fwd["compiled_ms"])
+    assert fwd["mode"] == ("eager" if fwd["ms"] == fwd["eager_ms"] else "compiled")
 
 
 def test_task_loss_method_on_an_encoder_gets_random_labels(tmp_path, capsys):
