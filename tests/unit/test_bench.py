@@ -84,6 +84,11 @@ def test_layer_slice_and_bad_input(tmp_path, capsys):
     assert "sparsity" in capsys.readouterr().err
     assert main(["bench", "--shape", "tiny-bert", "--speed", "--freeze", "--device", "cpu", "--out", ""]) == 2
     assert "--compile" in capsys.readouterr().err
+    assert main(["bench", "--shape", "tiny-bert", "--seq-len", "2048", "--device", "cpu", "--out", ""]) == 2
+    assert "--seq-len 2048 exceeds the model's 512 positions" in capsys.readouterr().err
+    too_long = ["--seq-len", "16", "--speed", "--speed-seq", "600", "--device", "cpu", "--out", ""]
+    assert main(["bench", "--shape", "tiny-bert", *too_long]) == 2
+    assert "--speed-seq 600 exceeds" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
