@@ -82,10 +82,18 @@ class BenchConfig:
             raise StatpruneError("--layers takes a positive count and needs a random:<shape> model")
         if self.freeze and not self.compile:
             raise StatpruneError("--freeze applies to the compiled model: add --compile")
+        if self.same_as and self.out_dir and self.record_path().resolve() == Path(self.same_as).resolve():
+            raise StatpruneError(
+                f"--same-as {self.same_as} is where this run's record would go: it would be overwritten; "
+                "give --name or --out"
+            )
         if self.num_labels < 0 or (self.num_labels and self.calib_task is not None):
             raise StatpruneError(
                 "--num-labels takes a count ≥ 0 and is for random calibration (no --calib-task)"
             )
+
+    def record_path(self) -> Path:
+        return Path(self.out_dir or ".") / f"{self.record_name()}.json"
 
     def record_name(self) -> str:
         if self.name:
@@ -474,7 +482,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.out_dir:
         from statprune.io import write_json_atomic
 
-        path = Path(cfg.out_dir) / f"{cfg.record_name()}.json"
+        path = cfg.record_path()
         write_json_atomic(path, record)
         record["path"] = str(path)
     return record

@@ -74,6 +74,11 @@ def test_same_as_compares_kept_units_with_a_record_of_the_same_run(tmp_path, cap
     assert "sparsity: 0.3 there, 0.4 here" in capsys.readouterr().err
     assert main([*other, "--same-as", str(tmp_path / "missing.json")]) == 2
     assert "not a readable bench record" in capsys.readouterr().err
+    # the reference is never overwritten by the run's own record
+    same_place = [*other[:-2], "--sparsity", "0.3", "--out", str(tmp_path / "a"), "--name", "rec"]
+    before = ref_path.read_text()
+    assert main([*same_place, "--same-as", str(ref_path)]) == 2
+    assert "would be overwritten" in capsys.readouterr().err and ref_path.read_text() == before
 
 
 def test_layer_slice_and_bad_input(tmp_path, capsys):
