@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from pruned_speed import kernel_table
+from pruned_speed import kernel_table, kernel_trace
 
 from statprune.bench.run import BenchConfig, build_model, synthetic_calibration
 from statprune.commands.prune import parse_kv
@@ -48,12 +48,6 @@ def _top(prof: cProfile.Profile, n: int) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda r: -r["tottime"])[:n]
-
-
-def _trace():
-    from torch.profiler import ProfilerActivity, profile
-
-    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
 
 
 def main() -> None:
@@ -87,7 +81,7 @@ def main() -> None:
     for r in range(args.runs):
         model = copy.deepcopy(dense)
         prof = cProfile.Profile() if args.top > 0 else None
-        trace = _trace() if args.kernels > 0 and r == args.runs - 1 else contextlib.nullcontext()
+        trace = kernel_trace() if args.kernels > 0 and r == args.runs - 1 else contextlib.nullcontext()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()

@@ -84,15 +84,20 @@ def kernel_table(prof: Any, top: int = 12) -> dict[str, Any]:
     }
 
 
+def kernel_trace() -> Any:
+    """A torch.profiler context recording host and CUDA activity (read it with :func:`kernel_table`)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+
 def profile_forward(model: torch.nn.Module, ids: torch.Tensor, top: int = 12) -> dict[str, Any]:
     """Every CUDA kernel of one eager backbone forward: device ms by kind (GEMM, attention, norm,
     copy, element-wise, other) and the ``top`` kernels. What pruning can shrink is the GEMMs and
     the per-head work; the rest is a fixed cost per layer that bounds the speedup."""
-    from torch.profiler import ProfilerActivity, profile
-
     backbone = getattr(model, "base_model", model)
     extra = {"use_cache": False} if is_decoder(model.config) else {}
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with torch.no_grad(), kernel_trace() as prof:
         backbone(input_ids=ids, **extra)
         torch.cuda.synchronize()
     return {"shape": list(ids.shape), **kernel_table(prof, top)}

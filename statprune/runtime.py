@@ -51,3 +51,11 @@ def pad_token_id(tokenizer: Any) -> int:
         if isinstance(value, int):
             return value
     return 0
+
+
+def check_positions(config: Any, length: int, what: str) -> None:
+    """``length`` tokens within the model's ``max_position_embeddings``, else a one-line error naming
+    ``what`` (a BERT-type model otherwise fails deep inside its position embeddings)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and length > limit:
+        raise StatpruneError(f"{what} {length} exceeds the model's {limit} positions")

@@ -104,18 +104,6 @@ class BenchConfig:
         return f"{base}-{self.method}-s{self.sparsity:g}-{self.calib_size}x{self.seq_len}-{self.dtype}"
 
 
-def check_positions(cfg: BenchConfig, config: Any) -> None:
-    """Token counts within the model's positions, as evaluation checks them (a BERT-type model
-    otherwise fails deep inside its embeddings)."""
-    limit = getattr(config, "max_position_embeddings", None)
-    asked = {"--seq-len": cfg.seq_len, **({"--speed-seq": cfg.speed_seq} if cfg.speed else {})}
-    for flag, n in asked.items():
-        if limit and n > limit:
-            raise StatpruneError(
-                f"{flag} {n} exceeds the model's {limit} positions (max_position_embeddings)"
-            )
-
-
 # what decides the kept units: a reference record must agree on all of them (``profile`` only times)
 SAME_RUN_KEYS = (
     "model", "method", "sparsity", "calib_size", "seq_len", "batch_size", "dtype", "seed", "layers",
@@ -376,7 +364,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     from statprune.pipeline import run_prune
     from statprune.provenance import provenance
     from statprune.pruner import prune
-    from statprune.runtime import resolve_device, resolve_dtype
+    from statprune.runtime import check_positions, resolve_device, resolve_dtype
     from statprune.timing import StageTimer
 
     cfg.validate()
@@ -395,7 +383,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     t_all = time.perf_counter()
     with stages("model_build"):
         model, tokenizer = build_model(cfg, device, dtype)
-    check_positions(cfg, model.config)
+    check_positions(model.config, cfg.seq_len, "--seq-len")
+    if cfg.speed:
+        check_positions(model.config, cfg.speed_seq, "--speed-seq")
     with stages("calibration"):
         calib = _calibration(cfg, model, tokenizer)
     adapter = get_adapter(model)

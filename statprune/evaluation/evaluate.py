@@ -28,7 +28,7 @@ from statprune.evaluation.metrics import (
     perplexity,
     regression_metrics,
 )
-from statprune.runtime import pad_token_id
+from statprune.runtime import check_positions, pad_token_id
 
 if TYPE_CHECKING:
     from statprune.data.tasks import Task
@@ -76,9 +76,7 @@ def evaluate(
     length = int(max_length if max_length is not None else task.max_length)
     if length < 2:
         raise StatpruneError(f"max_length must be ≥ 2, got {length}")
-    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if max_pos is not None and length > max_pos:
-        raise StatpruneError(f"max_length {length} exceeds the model's {max_pos} positions")
+    check_positions(getattr(model, "config", None), length, "max_length")
     if device is not None:
         model.to(device)
     dev = model_device(model)

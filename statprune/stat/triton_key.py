@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from statprune.cache import cache_dir
+from statprune.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,8 @@ def memoized(original: Callable[[], str], root: Path, store: Path) -> Callable[[
         except (OSError, ValueError):
             pass
         key = original()
-        try:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"fingerprint": fp, "key": key}))
-            os.replace(tmp, store)  # atomic: a concurrent reader sees the old file or the new one
+        try:  # atomic: a concurrent reader sees the old file or the new one
+            write_json_atomic(store, {"fingerprint": fp, "key": key})
         except OSError as e:  # an unwritable cache costs the hash next time, nothing else
             log.debug("triton key not stored in %s: %s", store, e)
         return key
