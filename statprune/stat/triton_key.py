@@ -3,7 +3,8 @@
 Triton keys its on-disk kernel cache by ``triton_key()``: a sha256 of its Python sources and of
 its whole ``libtriton`` library (415 MB in triton 3.6), computed once per process at the first
 kernel launch. That is 0.3–0.4 s of every fresh process that runs the fused pivot step on an H200
-(a fifth of a BERT-base prune, docs/BENCHMARKS.md §3e) and ≈ 1 s on a slow CPU. The value changes
+(a fifth of a BERT-base prune, docs/BENCHMARKS.md §3e) and 1.0 s on the 2-core development machine
+(`triton.runtime.cache.triton_key()` timed directly, 2026-12-02). The value changes
 only when Triton's files do, so :func:`memoize` keeps it in statprune's cache under a fingerprint
 of those files (path, size, modification time and inode of every ``.py`` file of the package and
 of everything in ``_C``); any difference — an upgrade, a reinstall, an edited source — and
