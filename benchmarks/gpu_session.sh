@@ -55,6 +55,10 @@
 #   benchmarks/gpu_session.sh 24  BERT-base in fresh processes with bytecode for every imported module (the lent machine's
 #                                 site-packages has none; a pip install compiles it): where bytecode comes from, then
 #                                 the Triton key memo on × 5 (the first writes the bytecode), off × 2, host profile
+#   benchmarks/gpu_session.sh 26  speculative factorizations (one host read each), overrun chunks rounded to 64 steps,
+#                                 Linears assembled without an init: GPU tests, BERT-base in alternating fresh processes
+#                                 with the previous tree (.xfer/old, carried) and this one, kept units against phase
+#                                 14's; steady-state host and kernel profiles; the 7B former default, old and new
 #   (phase 25, trailing updates on the unpivoted columns only, ran at commit bfc4163, whose script has it;
 #    not kept: docs/BENCHMARKS.md §3e)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
@@ -309,6 +313,31 @@ print('transformers pyc files', sum(f.endswith('.pyc') for _, _, fs in os.walk(d
   done
   step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --top 60 \
     --pstats "$REC/pstats_bert" --out "$REC/profile_bert_bytecode.json" | grep -v "^ "
+fi
+if [[ $PHASE == 26 ]]; then
+  REF=benchmarks/results/h200-2026-12-01
+  OLD=$PWD/.xfer/old  # the tree before this change (git archive), first on PYTHONPATH for the "old" runs
+  step pytest-gpu; run 150 $PY -m pytest -q -m gpu tests/unit/test_bench.py tests/unit/test_pivot_kernel.py \
+    tests/unit/test_id.py -p no:cacheprovider | tail -3
+  step bert-warm; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-spec-0 --same-as $REF/bert-base-stat-s0.5-final-2.json
+  for r in 1 2 3 4 5; do
+    step "bert-old-$r"; PYTHONPATH=$OLD:$PYTHONPATH run 40 $SP $BERT --opt profile=false \
+      --name "bert-base-stat-s0.5-prespec-$r" --same-as $REF/bert-base-stat-s0.5-final-2.json
+    step "bert-new-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-spec-$r" \
+      --same-as $REF/bert-base-stat-s0.5-final-2.json
+  done
+  step bert-inprocess-old; PYTHONPATH=$OLD:$PYTHONPATH run 60 $PY benchmarks/profile_prune.py --shape bert-base \
+    --runs 4 --top 0 --out "$REC/inprocess_bert_prespec.json"
+  step bert-inprocess-new; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 4 --top 0 \
+    --out "$REC/inprocess_bert_spec.json"
+  step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --top 60 \
+    --pstats "$REC/pstats_spec" --out "$REC/profile_bert_spec.json" | grep -v "^ "
+  step bert-kernels; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 3 --top 0 --kernels 40 \
+    --out "$REC/kernels_bert_spec.json"
+  step 7b-share-new; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-spec \
+    --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
+  step 7b-share-old; PYTHONPATH=$OLD:$PYTHONPATH run 120 $SP $LLAMA $SHARE --opt profile=false \
+    --name llama-2-7b-stat-s0.3-share-prespec --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

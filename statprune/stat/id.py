@@ -16,7 +16,9 @@ reading anything back to the host: the pivot index stays a device tensor, and a 
 fails the tolerance writes a zero column and leaves the state unchanged (so every later step of the
 chunk fails too). The host reads the chunk's pass/fail flags once per chunk (≤ ``block_size``
 steps) and keeps the leading passed steps, which is exactly where the step-by-step loop would
-have stopped. On CUDA a chunk is captured once as a CUDA graph and replayed (per matrix size and
+have stopped. On CUDA not even that: the chunks are queued on the assumption that every step
+passes and the flags are read once, at the end (``speculate``); a failure where that assumption
+could have placed later steps differently reruns the factorization chunk by chunk. On CUDA a chunk is captured once as a CUDA graph and replayed (per matrix size and
 chunk position), which removes the per-kernel launch cost; graph and eager run the same kernels, so
 results are identical. ``STATPRUNE_CUDA_GRAPHS=0`` turns graphs off.
 
@@ -43,6 +45,7 @@ import torch
 log = logging.getLogger(__name__)
 
 GRAPH_MIN_SIZE = 256  # below this a factorization is cheap enough eagerly
+OVERRUN_STEP = 64  # an overrun chunk runs a multiple of this many steps (``pivoted_cholesky``)
 
 
 @dataclass
@@ -240,6 +243,7 @@ def pivoted_cholesky(
     block_size: int | None = None,
     fused: bool | None = None,
     overrun: bool | None = None,
+    speculate: bool | None = None,
 ) -> PivotedCholesky:
     """Greedy diagonal-pivoted Cholesky of a PSD matrix (computed in float64).
 
@@ -254,14 +258,23 @@ def pivoted_cholesky(
     whose trailing update is then the cost at large n — 13.6 against 21.3 µs a step at n = 11008 on
     an H200, docs/BENCHMARKS.md §3b — else 64); the result differs between block sizes by rounding only.
 
-    ``overrun`` (None: when chunks are replayed as CUDA graphs): a chunk that needs c steps runs all
-    ``block_size − t0`` steps up to the next trailing update and keeps the first c, so every chunk
-    starting at t0 replays one graph instead of one graph per length (the last chunk of a
-    ``max_steps`` factorization, the end of each head block: one capture per layer otherwise).
-    The extra steps cannot change the kept ones (each step reads only earlier steps); a step past
-    the end of a block fails (nothing is eligible) and leaves the state as it was, and one past
-    ``max_steps`` ends the factorization, whose workspace is reset before its next use. Results are
-    bitwise those without overrun (tested).
+    ``overrun`` (None: when chunks are replayed as CUDA graphs): a chunk that needs c steps runs c
+    rounded up to a multiple of ``OVERRUN_STEP`` (at most up to the next trailing update) and keeps
+    the first c, so the chunks starting at t0 replay at most ``block_size / OVERRUN_STEP`` graphs
+    instead of one graph per length (the last chunk of a ``max_steps`` factorization, the end of
+    each head block: one capture per layer otherwise). The extra steps cannot change the kept ones
+    (each step reads only earlier steps); a step past the end of a block fails (nothing is
+    eligible) and leaves the state as it was, and one past ``max_steps`` ends the factorization,
+    whose workspace is reset before its next use. Results are bitwise those without overrun (tested).
+
+    ``speculate`` (None: on CUDA): queue every chunk as if every step passed the tolerance, with no
+    host read until the end, where all flags are read at once (one host synchronisation per
+    factorization instead of one per chunk and per block; the GPU never waits for the host in
+    between). When every step passed, the kernels run are exactly the chunk-by-chunk ones. A step
+    that fails leaves the state unchanged, so every later step of its block fails too: when the
+    first failure is in the last block, the result is cut there, bitwise what the chunk-by-chunk
+    loop returns (a rank-deficient Gram's tail). A failure in an earlier block (where the loop would
+    have started the next block sooner) reruns the factorization with ``speculate=False``.
     """
     G = G.to(torch.float64)
     n = G.shape[0]
@@ -271,6 +284,7 @@ def pivoted_cholesky(
         blocks = [torch.arange(n, device=dev)]
     use_graph = _graphs_enabled(n, dev)
     overrun = use_graph if overrun is None else overrun
+    speculate = dev.type == "cuda" if speculate is None else speculate
     if fused is None:
         fused = dev.type == "cuda" and triton_available()
     if block_size is None:
@@ -280,27 +294,39 @@ def pivoted_cholesky(
     ws.d.copy_(torch.diagonal(G)).clamp_min_(0.0)
     ws.inactive.zero_()
     ws.Lc.zero_()
-    tol = rel_tol * float(ws.d.max()) if n else 0.0
-    ws.tol.fill_(tol)
+    if n:
+        torch.mul(ws.d.max(), rel_tol, out=ws.tol)  # the same double product as on the host, no sync
+    else:
+        ws.tol.zero_()
 
     Lt = torch.zeros(steps_cap, n, dtype=torch.float64, device=dev)  # row c = column c of L
     perm = torch.zeros(steps_cap, dtype=torch.long, device=dev)
     residual = torch.zeros(steps_cap + 1, dtype=torch.float64, device=dev)
     residual[0] = ws.d.sum()
+    passed = torch.zeros(steps_cap, dtype=torch.bool, device=dev) if speculate else None
     block_ends: list[int] = []
     j = 0  # accepted steps
     j0 = 0  # first step whose column is not yet folded into A (row 0 of ws.Lc)
+    last_start = 0  # where the last block's steps start
     for blk in blocks:
+        blk = torch.as_tensor(blk, device=dev, dtype=torch.long)
+        last_start = j
         ws.blocked.fill_(True)
-        ws.blocked[torch.as_tensor(blk, device=dev, dtype=torch.long)] = False
+        ws.blocked[blk] = False
         ws.blocked.logical_or_(ws.inactive)
-        remaining = int((~ws.blocked).sum())
+        # speculating, a block that is not all eligible shows up as failed steps (checked below)
+        remaining = len(blk) if speculate else int((~ws.blocked).sum())
         while j < steps_cap and remaining > 0:
             t0 = j - j0
             c = min(block_size - t0, remaining, steps_cap - j)
-            _run_chunk(ws, t0, block_size - t0 if overrun else c, use_graph, fused)
-            flags = ws.ok[t0 : t0 + c].cpu()  # the one host read per chunk
-            n_ok = c if bool(flags.all()) else int((~flags).nonzero()[0])
+            run = min(block_size - t0, -(-c // OVERRUN_STEP) * OVERRUN_STEP) if overrun else c
+            _run_chunk(ws, t0, run, use_graph, fused)
+            if speculate:
+                passed[j : j + c] = ws.ok[t0 : t0 + c]
+                n_ok = c
+            else:
+                flags = ws.ok[t0 : t0 + c].cpu()  # the one host read per chunk
+                n_ok = c if bool(flags.all()) else int((~flags).nonzero()[0])
             Lt[j : j + n_ok] = ws.Lc[t0 : t0 + n_ok]
             perm[j : j + n_ok] = ws.perm[t0 : t0 + n_ok]
             residual[j + 1 : j + 1 + n_ok] = ws.res[t0 : t0 + n_ok]
@@ -313,6 +339,16 @@ def pivoted_cholesky(
             if n_ok < c:
                 break
         block_ends.append(j)
+    if speculate:
+        flags = passed[:j].cpu()  # the one host read of a speculative factorization
+        if not bool(flags.all()):
+            first = int((~flags).nonzero()[0])
+            if first < last_start:  # a later block would have started earlier: redo step by step
+                return pivoted_cholesky(
+                    G, max_steps=max_steps, blocks=blocks, rel_tol=rel_tol, block_size=block_size,
+                    fused=fused, overrun=overrun, speculate=False,
+                )  # fmt: skip
+            j = block_ends[-1] = first
     return PivotedCholesky(
         L=Lt[:j].T,
         perm=perm[:j].clone(),

@@ -112,6 +112,7 @@ def _compare_all() -> dict:
     report["column_block_128"] = _wide_programs()
     cases = _cases()
     report["overrun_equal"] = {name: _overrun_equal(*cases[name], fused=True) for name in OVERRUN_CASES}
+    report["speculate_equal"] = {name: _speculate_equal(*cases[name]) for name in OVERRUN_CASES}
     return report
 
 
@@ -134,14 +135,23 @@ def _wide_programs() -> dict:
     }
 
 
-def _overrun_equal(G: torch.Tensor, kw: dict, *, fused: bool) -> bool:
-    """Whether running every chunk to the next trailing update changes nothing (bitwise)."""
-    a = pivoted_cholesky(G, fused=fused, overrun=False, **kw)
-    b = pivoted_cholesky(G, fused=fused, overrun=True, **kw)
+def _bitwise_equal(a, b) -> bool:
     same = a.block_ends == b.block_ends
     return same and all(
         torch.equal(x, y) for x, y in ((a.L, b.L), (a.perm, b.perm), (a.residual, b.residual))
     )
+
+
+def _overrun_equal(G: torch.Tensor, kw: dict, *, fused: bool) -> bool:
+    """Whether running chunks past their last needed step changes nothing (bitwise)."""
+    a = pivoted_cholesky(G, fused=fused, overrun=False, **kw)
+    return _bitwise_equal(a, pivoted_cholesky(G, fused=fused, overrun=True, **kw))
+
+
+def _speculate_equal(G: torch.Tensor, kw: dict) -> bool:
+    """Whether the fused step queued speculatively (CUDA's default) gives the chunk-by-chunk result."""
+    a = pivoted_cholesky(G, fused=True, speculate=False, overrun=True, **kw)
+    return _bitwise_equal(a, pivoted_cholesky(G, fused=True, speculate=True, overrun=True, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +210,11 @@ def test_column_block_keeps_one_wave():
 @needs_triton
 def test_fused_overrun_chunks_change_nothing(report):
     assert report["overrun_equal"] == dict.fromkeys(OVERRUN_CASES, True)
+
+
+@needs_triton
+def test_fused_speculative_chunks_change_nothing(report):
+    assert report["speculate_equal"] == dict.fromkeys(OVERRUN_CASES, True)
 
 
 @pytest.mark.parametrize("name", OVERRUN_CASES)
