@@ -59,11 +59,10 @@
 #                                 Linears assembled without an init: GPU tests, BERT-base in alternating fresh processes
 #                                 with the previous tree (.xfer/old, carried) and this one, kept units against phase
 #                                 14's; steady-state host and kernel profiles; the 7B former default, old and new
-#   benchmarks/gpu_session.sh 27  torch's CPU threads capped at 4 during a GPU prune (STATPRUNE_GPU_HOST_THREADS):
-#                                 BERT-base in alternating fresh processes with the cap and without (=0), kept units
-#                                 against phase 14's; the 7B former default with the cap
 #   (phase 25, trailing updates on the unpivoted columns only, ran at commit bfc4163, whose script has it;
 #    not kept: docs/BENCHMARKS.md §3e)
+#   (phase 27, torch's CPU threads capped at 4 during a GPU prune, ran at commit 162642b, whose script has it;
+#    not kept: docs/BENCHMARKS.md §3f)
 #   benchmarks/gpu_session.sh 12  phases 1 and 2, most important first, each step bounded so that the whole
 #                                 fits in DEADLINE seconds (what is left out is logged as skipped)
 # Run from the repository root. Records go to $REC (default benchmarks/results/gpu) and, after every
@@ -341,18 +340,6 @@ if [[ $PHASE == 26 ]]; then
     --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
   step 7b-share-old; PYTHONPATH=$OLD:$PYTHONPATH run 120 $SP $LLAMA $SHARE --opt profile=false \
     --name llama-2-7b-stat-s0.3-share-prespec --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
-fi
-if [[ $PHASE == 27 ]]; then
-  REF=benchmarks/results/h200-2026-12-01
-  step bert-warm; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-cap-0 --same-as $REF/bert-base-stat-s0.5-final-2.json
-  for r in 1 2 3 4; do
-    step "bert-nocap-$r"; STATPRUNE_GPU_HOST_THREADS=0 run 40 $SP $BERT --opt profile=false \
-      --name "bert-base-stat-s0.5-nocap-$r" --same-as $REF/bert-base-stat-s0.5-final-2.json
-    step "bert-cap-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-cap-$r" \
-      --same-as $REF/bert-base-stat-s0.5-final-2.json
-  done
-  step 7b-share-cap; run 120 $SP $LLAMA $SHARE --opt profile=false --name llama-2-7b-stat-s0.3-share-cap \
-    --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

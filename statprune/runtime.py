@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -62,32 +59,3 @@ def check_positions(config: Any, length: int, what: str) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and length > limit:
         raise StatpruneError(f"{what} {length} exceeds the model's {limit} positions")
-
-
-HOST_THREADS_ENV = "STATPRUNE_GPU_HOST_THREADS"
-GPU_HOST_THREADS = 4  # the default of $STATPRUNE_GPU_HOST_THREADS
-
-
-def _host_threads() -> int:
-    value = os.environ.get(HOST_THREADS_ENV, "").strip()
-    if not value:
-        return GPU_HOST_THREADS
-    if not value.isdigit():
-        raise StatpruneError(f"{HOST_THREADS_ENV}={value!r}: expected a thread count (0: leave torch's alone)")
-    return int(value)
-
-
-@contextlib.contextmanager
-def gpu_host_threads(device: torch.device) -> Iterator[None]:
-    """While ``device`` (CUDA) computes, at most ``$STATPRUNE_GPU_HOST_THREADS`` (default 4; 0: no
-    cap) CPU threads for torch's intra-op work; restored afterwards. CPU devices are left alone."""
-    n = _host_threads()
-    before = torch.get_num_threads()
-    if device.type != "cuda" or n == 0 or before <= n:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -675,13 +675,6 @@ def stat_prune(
     model, adapter: Adapter, calib: Calibration, target: Target, *, seed: int, options: StatOptions
 ) -> MethodOutput:
     """Prune ``model`` in place with STAT (deterministic given the calibration draw and seed)."""
-    with runtime.gpu_host_threads(resolve_device(options.device, adapter.device)):
-        return _stat_prune(model, adapter, calib, target, seed=seed, options=options)
-
-
-def _stat_prune(
-    model, adapter: Adapter, calib: Calibration, target: Target, *, seed: int, options: StatOptions
-) -> MethodOutput:
     adapter.require("heads", "neurons", method="stat")
     home = adapter.device
     device = resolve_device(options.device, home)
