@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from statprune.adapters.base import empty_linear
+
 
 class Fused(nn.Module):
     """Parts whose outputs are concatenated on the last dimension; ``conv1d``: stored as (in, out)."""
@@ -71,9 +73,7 @@ def unfuse(parent: nn.Module, name: str, sizes: list[int], conv1d: bool = False)
     bias = getattr(old, "bias", None)
     parts = []
     for j, w in enumerate(weight.split(sizes, 0)):
-        lin = nn.utils.skip_init(
-            nn.Linear, w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype
-        )
+        lin = empty_linear(w.shape[1], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)
         with torch.no_grad():
             lin.weight.copy_(w)
             if bias is not None:
