@@ -45,8 +45,8 @@ def empty_linear(
 
     Skipping the default init matters at scale: a CPU kaiming init of one 4096 × 11008 layer takes
     ~0.2 s, ~1 min over a 7B model's pruned linears. The module is assembled directly rather than
-    by ``nn.utils.skip_init``, whose init on the meta device still costs ~0.6 ms of host time a
-    Linear (96 of them in a BERT-base prune).
+    by ``nn.utils.skip_init``, whose init on the meta device still costs ~0.7 ms of host time a
+    Linear (96 of them in a BERT-base prune; docs/BENCHMARKS.md §3f).
     """
     new = nn.Linear.__new__(nn.Linear)
     nn.Module.__init__(new)

@@ -18,9 +18,9 @@ chunk fails too). The host reads the chunk's pass/fail flags once per chunk (≤
 steps) and keeps the leading passed steps, which is exactly where the step-by-step loop would
 have stopped. On CUDA not even that: the chunks are queued on the assumption that every step
 passes and the flags are read once, at the end (``speculate``); a failure where that assumption
-could have placed later steps differently reruns the factorization chunk by chunk. On CUDA a chunk is captured once as a CUDA graph and replayed (per matrix size and
-chunk position), which removes the per-kernel launch cost; graph and eager run the same kernels, so
-results are identical. ``STATPRUNE_CUDA_GRAPHS=0`` turns graphs off.
+could have placed later steps differently reruns the factorization chunk by chunk. On CUDA a chunk
+is captured once as a CUDA graph and replayed (per matrix size and chunk position), which removes
+the per-kernel launch cost; graph and eager run the same kernels, so results are identical. ``STATPRUNE_CUDA_GRAPHS=0`` turns graphs off.
 
 Even replayed, a step of ~20 torch kernels costs 50–70 µs on an H200 (one of them reads a column of
 the row-major n × n matrix, a strided read), which made the factorization 33 s of a 7B prune. So on
@@ -325,8 +325,7 @@ def pivoted_cholesky(
                 passed[j : j + c] = ws.ok[t0 : t0 + c]
                 n_ok = c
             else:
-                flags = ws.ok[t0 : t0 + c].cpu()  # the one host read per chunk
-                n_ok = c if bool(flags.all()) else int((~flags).nonzero()[0])
+                n_ok = _passed_prefix(ws.ok[t0 : t0 + c].cpu())  # the one host read per chunk
             Lt[j : j + n_ok] = ws.Lc[t0 : t0 + n_ok]
             perm[j : j + n_ok] = ws.perm[t0 : t0 + n_ok]
             residual[j + 1 : j + 1 + n_ok] = ws.res[t0 : t0 + n_ok]
@@ -340,14 +339,19 @@ def pivoted_cholesky(
                 break
         block_ends.append(j)
     if speculate:
-        flags = passed[:j].cpu()  # the one host read of a speculative factorization
-        if not bool(flags.all()):
-            first = int((~flags).nonzero()[0])
+        first = _passed_prefix(passed[:j].cpu())  # the one host read of a speculative factorization
+        if first < j:
             if first < last_start:  # a later block would have started earlier: redo step by step
                 return pivoted_cholesky(
-                    G, max_steps=max_steps, blocks=blocks, rel_tol=rel_tol, block_size=block_size,
-                    fused=fused, overrun=overrun, speculate=False,
-                )  # fmt: skip
+                    G,
+                    max_steps=max_steps,
+                    blocks=blocks,
+                    rel_tol=rel_tol,
+                    block_size=block_size,
+                    fused=fused,
+                    overrun=overrun,
+                    speculate=False,
+                )
             j = block_ends[-1] = first
     return PivotedCholesky(
         L=Lt[:j].T,
@@ -355,6 +359,11 @@ def pivoted_cholesky(
         residual=residual[: j + 1].cpu(),
         block_ends=block_ends,
     )
+
+
+def _passed_prefix(flags: torch.Tensor) -> int:
+    """How many leading steps passed the tolerance (``flags``: their pass/fail flags, on the host)."""
+    return len(flags) if bool(flags.all()) else int((~flags).nonzero()[0])
 
 
 def interpolation_matrix(chol: PivotedCholesky, steps: int, kept: torch.Tensor, n: int) -> torch.Tensor:
