@@ -59,6 +59,17 @@
 #                                 Linears assembled without an init: GPU tests, BERT-base in alternating fresh processes
 #                                 with the previous tree (.xfer/old, carried) and this one, kept units against phase
 #                                 14's; steady-state host and kernel profiles; the 7B former default, old and new
+#   benchmarks/gpu_session.sh 28  the walk's batches run as one forward where a layer is small (BERT-base: 8 → 1):
+#                                 BERT-base in alternating fresh processes with the previous tree (.xfer/old, carried),
+#                                 kept units against phase 14's; later prunes in one process at four group limits;
+#                                 a host profile; the 7B former default (no groups there) against phase 14's record
+#   benchmarks/gpu_session.sh 29  after phase 28, chunk graphs captured without torch.cuda.graph's device sync and
+#                                 cache flush: GPU tests; later prunes in one process cycling the group limit
+#                                 (none, 32768, 65536 tokens); fresh processes alternating with the tree before
+#                                 grouping (.xfer/old); a host profile; the 7B former default against phase 14's
+#   benchmarks/gpu_session.sh 30  the committed tree of phase 29 plus the group limit's memory term: GPU tests, BERT-base
+#                                 in 6 fresh processes and 4 later prunes in one, the 7B former default (kept units
+#                                 against phase 14's throughout)
 #   (phase 25, trailing updates on the unpivoted columns only, ran at commit bfc4163, whose script has it;
 #    not kept: docs/BENCHMARKS.md §3e)
 #   (phase 27, torch's CPU threads capped at 4 during a GPU prune, ran at commit 162642b, whose script has it;
@@ -340,6 +351,52 @@ if [[ $PHASE == 26 ]]; then
     --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
   step 7b-share-old; PYTHONPATH=$OLD:$PYTHONPATH run 120 $SP $LLAMA $SHARE --opt profile=false \
     --name llama-2-7b-stat-s0.3-share-prespec --same-as $REF/llama-2-7b-stat-s0.3-share-final.json
+fi
+# Helpers of phases 28–30. ab_bert N OLD NEW: N pairs of fresh BERT-base processes alternating the tree in
+# .xfer/old (first on PYTHONPATH) with this one, records named bert-base-stat-s0.5-OLD<r> / -NEW<r>.
+SAME_BERT="--same-as benchmarks/results/h200-2026-12-01/bert-base-stat-s0.5-final-2.json"
+ab_bert() {
+  for r in $(seq 1 "$1"); do
+    step "bert-old-$r"; PYTHONPATH=$PWD/.xfer/old:$PYTHONPATH run 40 $SP $BERT --opt profile=false \
+      --name "bert-base-stat-s0.5-$2$r" $SAME_BERT
+    step "bert-new-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-$3$r" $SAME_BERT
+  done
+}
+host_profile() {  # host_profile TAG: cProfile of a first and a later prune in one process
+  step bert-profile; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 2 --top 60 \
+    --pstats "$REC/pstats_$1" --out "$REC/profile_bert_$1.json" | grep -v "^ "
+}
+check_7b() {  # check_7b TAG: the 7B former default against phase 14's record
+  step 7b-share; run 120 $SP $LLAMA $SHARE --opt profile=false --name "llama-2-7b-stat-s0.3-share-$1" \
+    --same-as benchmarks/results/h200-2026-12-01/llama-2-7b-stat-s0.3-share-final.json
+}
+gpu_tests() { step pytest-gpu; run 150 $PY -m pytest -q -m gpu tests/unit/test_bench.py tests/unit/test_id.py -p no:cacheprovider | tail -3; }
+if [[ $PHASE == 28 ]]; then
+  step bert-warm; run 40 $SP $BERT --opt profile=false --name bert-base-stat-s0.5-group-0 $SAME_BERT
+  ab_bert 5 pregroup- group-
+  for gt in 0 16384 32768 65536; do
+    step "bert-inprocess-$gt"; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 4 --top 0 \
+      --group-tokens $gt --out "$REC/inprocess_bert_group$gt.json"
+  done
+  host_profile group
+  check_7b group
+fi
+if [[ $PHASE == 29 ]]; then
+  gpu_tests
+  step bert-inprocess-cycle; run 90 $PY benchmarks/profile_prune.py --shape bert-base --runs 10 --top 0 \
+    --group-tokens 65536,0,32768,65536 --out "$REC/inprocess_bert_cycle.json"
+  ab_bert 4 pregroup-b capture-
+  host_profile capture
+  check_7b capture
+fi
+if [[ $PHASE == 30 ]]; then
+  gpu_tests
+  for r in 1 2 3 4 5 6; do
+    step "bert-$r"; run 40 $SP $BERT --opt profile=false --name "bert-base-stat-s0.5-walkgroup-$r" $SAME_BERT
+  done
+  step bert-inprocess; run 60 $PY benchmarks/profile_prune.py --shape bert-base --runs 5 --top 0 \
+    --out "$REC/inprocess_bert_walkgroup.json"
+  check_7b walkgroup
 fi
 if [[ $PHASE == 1 || $PHASE == 12 ]]; then
   step 7b-slice; run 120 $SP $LLAMA --layers 4 --speed --name llama-2-7b-L4-stat-s0.3

@@ -9,6 +9,9 @@ times are clean (e.g. a second prune in one process, without start-up costs). ``
 last run is also traced by torch.profiler, and its CUDA kernels' device time is recorded (total,
 by kind and the N largest): whether a prune waits for the GPU or the GPU for the host, and on what.
 ``--pstats DIR`` keeps each run's whole cProfile (``python -m pstats DIR/run1.pstats``: callers).
+``--group-tokens N[,M,…]`` sets the walk's group limit (``statprune.calibration.GROUP_TOKENS``; 0:
+one forward per batch), run r taking the r-th value in turn, to measure in one process what
+grouping the walk's batches buys.
 
     PYTHONPATH=$PWD python3 benchmarks/profile_prune.py --shape bert-base --sparsity 0.5 \\
         --calib-size 512 --seq-len 128 --batch-size 64 --runs 2 --out profile_bert.json
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 from pruned_speed import kernel_table, kernel_trace
 
+from statprune import calibration
 from statprune.bench.run import BenchConfig, build_model, synthetic_calibration
 from statprune.commands.prune import parse_kv
 from statprune.pruner import Target, prune
@@ -66,8 +70,12 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25, help="functions listed per run (0: no cProfile)")
     ap.add_argument("--pstats", default=None, help="directory for each run's raw profile (run<N>.pstats)")
     ap.add_argument("--kernels", type=int, default=0, help="kernels listed for the last run (0: no trace)")
+    ap.add_argument(
+        "--group-tokens", default=None, help="the walk's GROUP_TOKENS per run, cycled (0: no groups)"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    limits = [int(v) for v in args.group_tokens.split(",")] if args.group_tokens else []
 
     cfg = BenchConfig(model=f"random:{args.shape}", layers=args.layers, device=args.device, dtype=args.dtype)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -79,6 +87,8 @@ def main() -> None:
     record: dict = {"config": vars(args), "device": str(device), "runs": []}
     kept0 = None
     for r in range(args.runs):
+        if limits:
+            calibration.GROUP_TOKENS = limits[r % len(limits)]
         model = copy.deepcopy(dense)
         prof = cProfile.Profile() if args.top > 0 else None
         trace = kernel_trace() if args.kernels > 0 and r == args.runs - 1 else contextlib.nullcontext()
@@ -101,6 +111,10 @@ def main() -> None:
         kept = res.diagnostics.get("kept_units")
         kept0 = kept if kept0 is None else kept0
         run = {"run": r + 1, "wall_s": wall, "timings": res.timings, "same_kept_as_run_1": kept == kept0}
+        if limits:
+            run["group_tokens"] = calibration.GROUP_TOKENS
+        if r == 0:
+            run["kept_units"] = kept
         run["top"] = _top(prof, args.top) if prof is not None else []
         if not isinstance(trace, contextlib.nullcontext):
             run["kernels"] = kernel_table(trace, args.kernels)
@@ -111,8 +125,9 @@ def main() -> None:
                 print(f"{row['device_ms']:9.1f} {row['calls']:7d}  {row['kernel']}")
         record["runs"].append(run)
         how = "profiled" if prof is not None else "not profiled"
+        group = f", group_tokens {calibration.GROUP_TOKENS}" if limits else ""
         print(
-            f"\n=== run {r + 1}: {wall:.2f} s ({how}), same kept units as run 1: {run['same_kept_as_run_1']}"
+            f"\n=== run {r + 1}: {wall:.2f} s ({how}{group}), same kept units as run 1: {run['same_kept_as_run_1']}"
         )
         print("timings:", {k: round(v, 3) for k, v in res.timings.items()})
         if prof is not None:

@@ -12,6 +12,12 @@ states at one layer boundary only (inputs and outputs of the current layer), in 
 (``offload=True``), copied to the GPU one batch at a time. Gram accumulators are float64. Models larger than the GPU
 keep their weights in host memory and pass a ``stream`` (statprune/streaming.py) that moves one
 layer at a time.
+
+Small layers on a GPU (``group=True``, which STAT sets on CUDA): launching a layer's kernels costs
+the host more than the GPU takes to run a small layer on one batch, so the walk runs consecutive
+batches of one shape as one forward (:func:`walk_groups`), while hooks, hidden states and outputs
+stay per batch (BERT-base, 8 batches of 64 × 128: a later prune's forwards 0.27–0.48 → 0.14–0.16 s,
+docs/BENCHMARKS.md §3g).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from statprune.adapters import Adapter
 from statprune.errors import StatpruneError
+from statprune.runtime import MODEL_INPUTS
 from statprune.streaming import LayerStreamer, free_bytes
 
 
@@ -99,8 +106,7 @@ def _to(x: object, device: torch.device) -> object:
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    keys = ("input_ids", "attention_mask", "token_type_ids")
-    return {k: batch[k].to(device) for k in keys if k in batch}
+    return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
 
 
 _ALL_REAL = WeakIdKeyDictionary()  # mask tensor → whether every token is real
@@ -135,6 +141,7 @@ class LayerWalk:
         store_dtype: torch.dtype | None = None,
         offload: bool = False,
         stream: LayerStreamer | None = None,
+        group: bool = False,
     ) -> None:
         self.adapter = adapter
         self.stream = stream
@@ -147,32 +154,71 @@ class LayerWalk:
         self.args: list[tuple] = []
         self.kwargs: list[dict] = []
         self.masks: list[torch.Tensor] = []  # bool (B, S): real tokens
+        self.group = group  # run() runs consecutive batches of one shape as one forward (walk_groups)
+        self.groups: list[list[int]] = []
+        self._group_inputs: dict[int, tuple[tuple, dict]] = {}  # a multi-batch group's layer-0 args, kwargs
         self.capture()
 
     @torch.no_grad()
     def capture(self) -> None:
-        """Record layer-0 inputs for every calibration batch."""
-        layer0 = self.adapter.layers()[0]
+        """Record layer-0 inputs for every calibration batch (and the arguments of each group's forward)."""
+        self.hidden, self.args, self.kwargs, self.masks = [], [], [], []
+        for batch in self.calib.batches:
+            args, kwargs = self._layer0_inputs(batch)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            self.hidden.append(self._store(hidden))
+            self.args.append(tuple(args[1:]))
+            self.kwargs.append(kwargs)
+            self.masks.append(batch["attention_mask"].to(self.device).bool())
+        self.groups = [[b] for b in range(len(self.hidden))]
+        self._group_inputs = {}
+        if self.group:
+            self.groups = walk_groups(self.calib.batches, self._group_limit())
+        for g in self.groups:
+            if len(g) > 1:  # the stock model's own arguments for the concatenated batch (masks, RoPE)
+                first = self.calib.batches[g[0]]
+                cat = {
+                    k: torch.cat([self.calib.batches[b][k] for b in g]) for k in MODEL_INPUTS if k in first
+                }
+                args, kwargs = self._layer0_inputs(cat)
+                if not args:
+                    kwargs.pop("hidden_states")
+                self._group_inputs[g[0]] = (tuple(args[1:]), kwargs)
+
+    def _group_limit(self) -> Callable[[int], int]:
+        """Most tokens per grouped forward at sequence length s: :data:`GROUP_TOKENS`, a forward of
+        about :data:`GROUP_WORK` (tokens × the largest layer's parameters), and the layer's
+        activations within a quarter of the free memory (per token ≈ 8 hidden-size and 3 FFN-width
+        vectors, plus one row of attention scores per head in case the attention materialises them)."""
+        ad = self.adapter
+        layers = range(ad.num_layers)
+        params = max(_parameters(ad.layers()[i]) for i in layers)
+        width = max(ad.down_proj(i).in_features for i in layers)
+        heads = max(ad.layer_shape(i).num_heads for i in layers)
+        budget = free_bytes(self.device) // 4
+        itemsize = ad.dtype.itemsize
+
+        def limit(s: int) -> int:
+            per_token = (8 * ad.hidden_size + 3 * width) * itemsize + heads * s * 4
+            return int(min(GROUP_TOKENS, GROUP_WORK // params, budget // per_token))
+
+        return limit
+
+    def _layer0_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
+        """The positional and keyword arguments the stock model passes to its first layer."""
         rec: dict[str, object] = {}
 
         def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
             rec["args"], rec["kwargs"] = args, kwargs
             raise _Captured
 
-        self.hidden, self.args, self.kwargs, self.masks = [], [], [], []
-        handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+        handle = self.adapter.layers()[0].register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            for batch in self.calib.batches:
-                with suppress(_Captured):
-                    self.adapter.model(**model_inputs(batch, self.device), use_cache=False)
-                args, kwargs = rec["args"], dict(rec["kwargs"])  # type: ignore[arg-type]
-                hidden = args[0] if args else kwargs.pop("hidden_states")
-                self.hidden.append(self._store(hidden))
-                self.args.append(tuple(args[1:]))
-                self.kwargs.append(kwargs)
-                self.masks.append(batch["attention_mask"].to(self.device).bool())
+            with suppress(_Captured):
+                self.adapter.model(**model_inputs(batch, self.device), use_cache=False)
         finally:
             handle.remove()
+        return rec["args"], dict(rec["kwargs"])  # type: ignore[arg-type, return-value]
 
     def _store(self, h: torch.Tensor) -> torch.Tensor:
         h = h.detach().to(self.store_dtype) if self.store_dtype is not None else h.detach()
@@ -207,11 +253,12 @@ class LayerWalk:
         layer = self.adapter.layers()[i]
         dtype = self.adapter.dtype
         handles = []
-        current: dict[str, torch.Tensor] = {}
+        parts: list[tuple[int, slice]] = []  # the batches in the current forward, and their rows of it
         for mod, fn in (hooks or {}).items():
 
             def pre(_m: nn.Module, args: tuple, fn: Callable = fn, stop: bool = mod is stop_after) -> None:
-                fn(args[0], current["mask"])
+                for b, rows in parts:  # one call per batch, as without groups
+                    fn(args[0][rows], self.masks[b])
                 if stop:
                     raise _Stop
 
@@ -219,24 +266,28 @@ class LayerWalk:
         outs: list[torch.Tensor] = []
         # finiteness is checked once per layer, not per batch: no host sync inside the loop
         finite = torch.ones((), dtype=torch.bool, device=self.device)
+        groups = self.groups if forward is None else [[b] for b in range(len(self.hidden))]
         try:
-            for b, h in enumerate(self.hidden):
-                current["mask"] = self.masks[b]
+            for g in groups:
+                parts[:] = _rows(g, self.hidden)
                 if stop_after is not None or forward is not None:
                     try:
                         if forward is not None:
-                            forward(b)
+                            forward(g[0])
                         else:
-                            layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b])
+                            x, args, kwargs = self._inputs(g, dtype)
+                            layer(x, *args, **kwargs)
                     except _Stop:
                         continue
                     if stop_after is not None:
                         raise StatpruneError(f"layer {i}'s forward never reached the module to stop after")
                     continue
-                out = _first(layer(self._load(h).to(dtype), *self.args[b], **self.kwargs[b]))
-                finite &= torch.isfinite(real_rows(out, self.masks[b])).all()
-                if keep_outputs:
-                    outs.append(self._store(out))
+                x, args, kwargs = self._inputs(g, dtype)
+                out = _first(layer(x, *args, **kwargs))
+                for b, rows in parts:
+                    finite &= torch.isfinite(real_rows(out[rows], self.masks[b])).all()
+                    if keep_outputs:
+                        outs.append(self._store(out[rows]))
             if not forward and stop_after is None and not bool(finite):
                 raise StatpruneError(
                     f"the model produces NaN/inf activations at layer {i} on calibration data; "
@@ -249,6 +300,13 @@ class LayerWalk:
                 self.stream.settle()
         return outs
 
+    def _inputs(self, g: list[int], dtype: torch.dtype) -> tuple:
+        """(hidden states, args, kwargs) of one forward over the batches ``g``."""
+        if len(g) == 1:
+            return self._load(self.hidden[g[0]]).to(dtype), self.args[g[0]], self.kwargs[g[0]]
+        x = torch.cat([self._load(self.hidden[b]).to(dtype) for b in g])
+        return x, *self._group_inputs[g[0]]
+
     def advance(self, outputs: list[torch.Tensor]) -> None:
         self.hidden = outputs
 
@@ -257,6 +315,51 @@ class LayerWalk:
         return float(
             sum(real_rows(self._load(h), m).double().pow(2).sum() for h, m in zip(self.hidden, self.masks))
         )
+
+
+# A forward over a group of batches: at most this many tokens, and tokens × the layer's parameters at
+# most this much (≈ 1 TFLOP, a few milliseconds of H200 time: well above the host's launch cost).
+GROUP_TOKENS = 65536
+GROUP_WORK = 5e11
+
+
+def walk_groups(
+    batches: Sequence[dict[str, torch.Tensor]], max_tokens: Callable[[int], int]
+) -> list[list[int]]:
+    """Consecutive batches of one shape and the same inputs, grouped while the group has at most
+    ``max_tokens(seq_len)`` tokens (:meth:`LayerWalk._group_limit`). A batch alone over the limit (a
+    7B layer on 16k tokens) stays alone: such a forward keeps the GPU busy by itself."""
+    groups: list[list[int]] = []
+    tokens = 0
+    for b, batch in enumerate(batches):
+        rows, seq = batch["input_ids"].shape
+        if groups and _same_inputs(batches[groups[-1][0]], batch) and tokens + rows * seq <= max_tokens(seq):
+            groups[-1].append(b)
+            tokens += rows * seq
+        else:
+            groups.append([b])
+            tokens = rows * seq
+    return groups
+
+
+def _same_inputs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two batches' model inputs can be concatenated: same keys, same shapes after the batch dim."""
+    keys = [k for k in MODEL_INPUTS if k in a]
+    return keys == [k for k in MODEL_INPUTS if k in b] and all(a[k].shape[1:] == b[k].shape[1:] for k in keys)
+
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _rows(g: list[int], hidden: list[torch.Tensor]) -> list[tuple[int, slice]]:
+    """Each batch of group ``g`` with its rows of the group's concatenated forward."""
+    out, start = [], 0
+    for b in g:
+        n = hidden[b].shape[0]
+        out.append((b, slice(start, start + n)))
+        start += n
+    return out
 
 
 class LayerReplay:

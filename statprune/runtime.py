@@ -8,6 +8,8 @@ import torch
 
 from statprune.errors import StatpruneError
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the batch keys a model is called with
+
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,

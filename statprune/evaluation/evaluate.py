@@ -28,12 +28,11 @@ from statprune.evaluation.metrics import (
     perplexity,
     regression_metrics,
 )
-from statprune.runtime import check_positions, pad_token_id
+from statprune.runtime import MODEL_INPUTS, check_positions, pad_token_id
 
 if TYPE_CHECKING:
     from statprune.data.tasks import Task
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SUPPORTED_KINDS = ("classification", "regression", "lm", "qa")
 
 

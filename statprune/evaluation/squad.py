@@ -272,7 +272,8 @@ def _window_logits(
 ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """Each window's start and end logits (unpadded, in window order) and the real tokens seen."""
     from statprune.data.collate import collate
-    from statprune.evaluation.evaluate import MODEL_INPUTS, progress_bar
+    from statprune.evaluation.evaluate import progress_bar
+    from statprune.runtime import MODEL_INPUTS
 
     order = sorted(range(len(tensors)), key=lambda i: -len(tensors[i]["input_ids"]))
     starts: list[np.ndarray] = [np.empty(0)] * len(tensors)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from statprune.cache import cache_dir
 from statprune.errors import StatpruneError
 from statprune.io import file_lock
-from statprune.runtime import DTYPES, pad_token_id, resolve_device
+from statprune.runtime import DTYPES, MODEL_INPUTS, pad_token_id, resolve_device
 
 REPORT_NAME = "finetune_report.json"
 GROUP_BATCHES = 50  # batches per length-sorted chunk (see length_grouped_batches)
@@ -323,9 +323,7 @@ def length_grouped_batches(lengths: list[int], batch_size: int, gen: torch.Gener
 def _loss(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], kind: str, dev: torch.device
 ) -> torch.Tensor:
-    inputs = {
-        k: v.to(dev) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-    }
+    inputs = {k: v.to(dev) for k, v in batch.items() if k in MODEL_INPUTS}
     logits = model(**inputs).logits.float()
     labels = batch["labels"].to(dev)
     if kind == "regression":

@@ -16,7 +16,9 @@ Two walks over the layers:
 Placement and scale (options ``device``, ``hidden_device``, ``sketch``): the walk runs on ``device``
 (default: where the model is; ``auto``: CUDA when available); the calibration hidden states stay on
 that device when two copies fit in half its free memory, else in pinned CPU memory
-(``hidden_device=auto``). The token dimension can be sketched before the Gram
+(``hidden_device=auto``); on CUDA with the hidden states there, consecutive batches of a small
+layer run as one forward (:func:`~statprune.calibration.walk_groups`; the Grams still take each
+batch's rows apart). The token dimension can be sketched before the Gram
 (``sketch=gaussian|countsketch``, ``sketch_ratio`` sketch rows per token, seeded): cheaper Grams,
 approximate statistics; the exact path is the default. ``neuron_multiple=m`` (default 8) keeps every
 pruned layer's neuron count a multiple of m, still meeting the FLOPs target (within one group of m),
@@ -722,7 +724,15 @@ def stat_prune(
         t_measure = time.perf_counter()
         weights = cached.weights if cached else loss_weights()  # before the walk holds the hidden states
         with timer("calibration_forward"):
-            walk = LayerWalk(adapter, calib, device=device, store_dtype=store, offload=offload, stream=stream)
+            walk = LayerWalk(
+                adapter,
+                calib,
+                device=device,
+                store_dtype=store,
+                offload=offload,
+                stream=stream,
+                group=device.type == "cuda" and not offload,  # small layers: batches run together
+            )
         removed = 0.0
         for r in range(1, options.rounds + 1):  # rounds > 1: re-measure the partly pruned model
             if r > 1:

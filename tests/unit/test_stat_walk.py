@@ -8,13 +8,16 @@ outputs.
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 
+from statprune import calibration
 from statprune.adapters import get_adapter
-from statprune.calibration import Gram, LayerReplay, LayerWalk, replay_fits
+from statprune.calibration import Gram, LayerReplay, LayerWalk, replay_fits, walk_groups
 from statprune.pruner import Target, prune
+from statprune.stat import prune as stat_prune_module
 from statprune.stat.heads import prune_heads
 from statprune.stat.neurons import prune_neurons
 from statprune.stat.prune import StatOptions
@@ -114,3 +117,81 @@ def test_stop_after_gives_the_same_statistics_and_checks_the_module_is_reached()
     unused = torch.nn.Linear(2, 2)
     with pytest.raises(Exception, match="never reached"):
         walk.run(1, {unused: lambda x, m: None}, keep_outputs=False, stop_after=unused)
+
+
+def _batch(rows: int, length: int, types: bool = False) -> dict[str, torch.Tensor]:
+    b = {"input_ids": torch.ones(rows, length, dtype=torch.long), "attention_mask": torch.ones(rows, length)}
+    return {**b, "token_type_ids": torch.zeros(rows, length, dtype=torch.long)} if types else b
+
+
+def test_walk_groups_consecutive_batches_of_one_shape_within_the_limits():
+    batches = [_batch(8, 20), _batch(8, 20), _batch(4, 20), _batch(8, 30), _batch(8, 30), _batch(8, 30, True)]
+    assert walk_groups(batches, lambda s: 10**6) == [[0, 1, 2], [3, 4], [5]]
+    assert walk_groups(batches, lambda s: 320) == [[0, 1], [2], [3], [4], [5]]  # 160 + 160 fit, + 80 not
+    assert walk_groups(batches, lambda s: 400 if s == 20 else 100) == [[0, 1, 2], [3], [4], [5]]
+    assert walk_groups(batches, lambda s: 0) == [[b] for b in range(6)]  # each batch alone over the limit
+
+
+def test_group_limit_counts_tokens_work_and_memory(monkeypatch):
+    model = tiny_model("llama-gqa", layers=2)
+    ad = get_adapter(model)
+    walk = LayerWalk(ad, random_calibration(n=4), group=True)
+    params = sum(p.numel() for p in ad.layers()[0].parameters())
+    assert walk._group_limit()(20) == min(calibration.GROUP_TOKENS, int(calibration.GROUP_WORK // params))
+    monkeypatch.setattr(calibration, "GROUP_WORK", 1000 * params)
+    assert walk._group_limit()(20) == 1000
+    shape = ad.layer_shape(0)
+    per_token = (8 * ad.hidden_size + 3 * shape.intermediate) * 4 + shape.num_heads * 20 * 4  # float32
+    monkeypatch.setattr(calibration, "free_bytes", lambda device: 4 * 300 * per_token)  # room for 300
+    assert walk._group_limit()(20) == 300
+    assert walk._group_limit()(40) < 300  # longer rows: more attention scores per token
+
+
+@pytest.mark.parametrize("family", ["bert", "llama-gqa"])
+def test_grouped_walk_gives_the_statistics_and_outputs_of_one_forward_per_batch(family):
+    model = tiny_model(family, layers=2)
+    model.eval()
+    ad = get_adapter(model)
+    calib = random_calibration(n=20)  # batches of 8, 8, 4 rows, padded to various lengths
+    plain, grouped = LayerWalk(ad, calib), LayerWalk(ad, calib, group=True)
+    assert plain.groups == [[0], [1], [2]] and grouped.groups == [[0, 1, 2]]
+    for i in range(ad.num_layers):
+        seen: dict[str, list[tuple]] = {"plain": [], "grouped": []}
+        grams = {}
+        for name, walk in (("plain", plain), ("grouped", grouped)):
+            heads = Gram(ad.out_proj(i).in_features, walk.device)
+            ffn = Gram(ad.down_proj(i).in_features, walk.device)
+
+            def neurons(x, m, ffn=ffn, log=seen[name]):  # hooks see one batch at a time, as without groups
+                log.append((tuple(x.shape), tuple(m.shape)))
+                ffn(x, m)
+
+            early = Gram(ad.out_proj(i).in_features, walk.device)
+            walk.run(i, {ad.out_proj(i): early}, keep_outputs=False, stop_after=ad.out_proj(i))
+            outs = walk.run(i, {ad.out_proj(i): heads, ad.down_proj(i): neurons})
+            grams[name] = (heads, ffn, early, outs)
+            walk.advance(outs)
+        assert seen["plain"] == seen["grouped"] and len(seen["plain"]) == 3
+        for a, b in zip(grams["plain"][:3], grams["grouped"][:3]):
+            assert a.count == b.count > 0
+            assert torch.allclose(a.G, b.G, rtol=1e-6, atol=1e-9 * float(a.G.diagonal().max()))
+        for a, b, m in zip(grams["plain"][3], grams["grouped"][3], plain.masks):
+            assert a.shape == b.shape
+            assert float((a[m] - b[m]).norm()) <= 1e-6 * float(a[m].norm())
+
+
+def test_stat_prunes_alike_with_the_walk_grouped(monkeypatch):
+    """STAT groups the walk on CUDA only; forced here on the CPU, the same units and corrections."""
+    dense = tiny_model("llama-gqa", layers=3)
+    dense.eval()
+    calib = random_calibration(n=24)
+    opts = {"progress": False, "neuron_multiple": 1}
+    plain = copy.deepcopy(dense)
+    res_plain = prune(plain, calib, Target(0.4, 20), options=opts)
+    monkeypatch.setattr(stat_prune_module, "LayerWalk", functools.partial(LayerWalk, group=True))
+    grouped = copy.deepcopy(dense)
+    res_grouped = prune(grouped, calib, Target(0.4, 20), options=opts)
+    assert res_grouped.diagnostics["kept_units"] == res_plain.diagnostics["kept_units"]
+    gp = dict(grouped.named_parameters())
+    for name, p in plain.named_parameters():
+        assert float((p - gp[name]).norm()) <= 1e-5 * float(p.norm()), name
