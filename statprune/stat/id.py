@@ -215,7 +215,8 @@ def _capture(stream: torch.cuda.Stream, fn: Callable[[], None]) -> torch.cuda.CU
     """``fn``'s kernels recorded on ``stream`` as a graph. Not ``torch.cuda.graph``, whose entry
     synchronises the device and empties the allocator's cache before every capture (22 captures a
     BERT-base prune: the walk's next forward then allocates its activations from the driver again);
-    a chunk allocates nothing, so its capture needs no memory freed."""
+    a fused chunk allocates nothing and a torch-step chunk small temporaries (from the graph's own
+    pool), so a capture needs no memory freed."""
     g = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream):
         g.capture_begin()
