@@ -164,10 +164,9 @@ class LayerWalk:
         """Record layer-0 inputs for every calibration batch (and the arguments of each group's forward)."""
         self.hidden, self.args, self.kwargs, self.masks = [], [], [], []
         for batch in self.calib.batches:
-            args, kwargs = self._layer0_inputs(batch)
-            hidden = args[0] if args else kwargs.pop("hidden_states")
+            hidden, args, kwargs = self._layer0_inputs(batch)
             self.hidden.append(self._store(hidden))
-            self.args.append(tuple(args[1:]))
+            self.args.append(args)
             self.kwargs.append(kwargs)
             self.masks.append(batch["attention_mask"].to(self.device).bool())
         self.groups = [[b] for b in range(len(self.hidden))]
@@ -180,10 +179,7 @@ class LayerWalk:
                 cat = {
                     k: torch.cat([self.calib.batches[b][k] for b in g]) for k in MODEL_INPUTS if k in first
                 }
-                args, kwargs = self._layer0_inputs(cat)
-                if not args:
-                    kwargs.pop("hidden_states")
-                self._group_inputs[g[0]] = (tuple(args[1:]), kwargs)
+                self._group_inputs[g[0]] = self._layer0_inputs(cat)[1:]
 
     def _group_limit(self) -> Callable[[int], int]:
         """Most tokens per grouped forward at sequence length s: :data:`GROUP_TOKENS`, a forward of
@@ -204,8 +200,9 @@ class LayerWalk:
 
         return limit
 
-    def _layer0_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[tuple, dict]:
-        """The positional and keyword arguments the stock model passes to its first layer."""
+    def _layer0_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple, dict]:
+        """(hidden states, the other positional arguments, the keyword arguments) that the stock
+        model passes to its first layer for ``batch``."""
         rec: dict[str, object] = {}
 
         def hook(_mod: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -218,7 +215,9 @@ class LayerWalk:
                 self.adapter.model(**model_inputs(batch, self.device), use_cache=False)
         finally:
             handle.remove()
-        return rec["args"], dict(rec["kwargs"])  # type: ignore[arg-type, return-value]
+        args, kwargs = rec["args"], dict(rec["kwargs"])  # type: ignore[arg-type]
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        return hidden, tuple(args[1:]), kwargs
 
     def _store(self, h: torch.Tensor) -> torch.Tensor:
         h = h.detach().to(self.store_dtype) if self.store_dtype is not None else h.detach()
@@ -275,15 +274,13 @@ class LayerWalk:
                         if forward is not None:
                             forward(g[0])
                         else:
-                            x, args, kwargs = self._inputs(g, dtype)
-                            layer(x, *args, **kwargs)
+                            self._forward(layer, g, dtype)
                     except _Stop:
                         continue
                     if stop_after is not None:
                         raise StatpruneError(f"layer {i}'s forward never reached the module to stop after")
                     continue
-                x, args, kwargs = self._inputs(g, dtype)
-                out = _first(layer(x, *args, **kwargs))
+                out = _first(self._forward(layer, g, dtype))
                 for b, rows in parts:
                     finite &= torch.isfinite(real_rows(out[rows], self.masks[b])).all()
                     if keep_outputs:
@@ -300,12 +297,12 @@ class LayerWalk:
                 self.stream.settle()
         return outs
 
-    def _inputs(self, g: list[int], dtype: torch.dtype) -> tuple:
-        """(hidden states, args, kwargs) of one forward over the batches ``g``."""
+    def _forward(self, layer: nn.Module, g: list[int], dtype: torch.dtype) -> object:
+        """``layer`` run once over the batches ``g`` (concatenated when there are several)."""
         if len(g) == 1:
-            return self._load(self.hidden[g[0]]).to(dtype), self.args[g[0]], self.kwargs[g[0]]
-        x = torch.cat([self._load(self.hidden[b]).to(dtype) for b in g])
-        return x, *self._group_inputs[g[0]]
+            return layer(self._load(self.hidden[g[0]]).to(dtype), *self.args[g[0]], **self.kwargs[g[0]])
+        args, kwargs = self._group_inputs[g[0]]
+        return layer(torch.cat([self._load(self.hidden[b]).to(dtype) for b in g]), *args, **kwargs)
 
     def advance(self, outputs: list[torch.Tensor]) -> None:
         self.hidden = outputs
